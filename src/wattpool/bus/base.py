@@ -1,0 +1,120 @@
+"""The Bus interface.
+
+A bus moves opaque bytes between subjects, with NATS semantics so that the NATS
+implementation is a thin adapter:
+
+* subjects are dot-separated tokens; a subscription may use ``*`` (one token)
+  and ``>`` (one or more trailing tokens);
+* ``publish`` is fire-and-forget and never fails because nobody listens;
+* a subscription with a ``queue`` group shares messages with the other members
+  of that group (each message goes to one member); plain subscriptions get all;
+* messages from one publisher to one subscriber arrive in order;
+* ``request`` sends one message and waits for one reply; ``stream`` sends one
+  message and yields replies until the caller stops.
+
+tests/contract/test_bus_contract.py is the contract every implementation passes.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+
+class BusError(Exception):
+    """Base class of bus failures."""
+
+
+class BusTimeout(BusError):
+    """No reply arrived in time."""
+
+
+class BusClosed(BusError):
+    """The bus was closed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Msg:
+    subject: str
+    data: bytes
+    reply: str | None = None
+
+
+Handler = Callable[[Msg], Awaitable[None]]
+
+
+class Subscription(abc.ABC):
+    @abc.abstractmethod
+    async def unsubscribe(self) -> None: ...
+
+
+class Bus(abc.ABC):
+    @abc.abstractmethod
+    async def publish(self, subject: str, data: bytes, reply: str | None = None) -> None: ...
+
+    @abc.abstractmethod
+    async def subscribe(
+        self, subject: str, handler: Handler, queue: str | None = None
+    ) -> Subscription: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    def new_inbox(self) -> str:
+        return f"_INBOX.{uuid.uuid4().hex}"
+
+    async def request(self, subject: str, data: bytes, timeout: float) -> bytes:
+        """Send one message and return the first reply, or raise BusTimeout."""
+        stream = self.stream(subject, data, first_timeout=timeout, idle_timeout=timeout)
+        try:
+            async for reply in stream:
+                return reply
+        finally:
+            await stream.aclose()
+        raise BusTimeout(f"no reply on {subject}")  # pragma: no cover - stream raises first
+
+    async def stream(
+        self, subject: str, data: bytes, first_timeout: float, idle_timeout: float
+    ) -> AsyncIterator[bytes]:
+        """Send one message and yield every reply sent to its inbox.
+
+        Raises BusTimeout when the first reply takes longer than ``first_timeout``
+        or a later one longer than ``idle_timeout``. The caller ends the stream by
+        breaking out of the loop (or ``aclose``); the inbox is then unsubscribed.
+        """
+        inbox = self.new_inbox()
+        queue: asyncio.Queue[bytes] = asyncio.Queue()
+
+        async def on_reply(msg: Msg) -> None:
+            queue.put_nowait(msg.data)
+
+        sub = await self.subscribe(inbox, on_reply)
+        try:
+            await self.publish(subject, data, reply=inbox)
+            timeout = first_timeout
+            while True:
+                try:
+                    item = await asyncio.wait_for(queue.get(), timeout)
+                except TimeoutError:
+                    raise BusTimeout(f"no reply on {subject} within {timeout:.1f}s") from None
+                yield item
+                timeout = idle_timeout
+        finally:
+            await sub.unsubscribe()
+
+
+def subject_matches(pattern: str, subject: str) -> bool:
+    """NATS subject matching: ``*`` is one token, ``>`` is the rest (at least one)."""
+    pattern_tokens = pattern.split(".")
+    subject_tokens = subject.split(".")
+    for i, token in enumerate(pattern_tokens):
+        if token == ">":
+            return len(subject_tokens) > i
+        if i >= len(subject_tokens):
+            return False
+        if token != "*" and token != subject_tokens[i]:
+            return False
+    return len(pattern_tokens) == len(subject_tokens)

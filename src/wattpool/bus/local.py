@@ -1,0 +1,91 @@
+"""The in-process bus: one asyncio loop, NATS semantics, no network.
+
+Each subscription has its own queue and delivery task, so a slow handler delays
+only its own subscription (as a NATS client's per-subscription pending queue
+does) and messages to one subscriber keep their order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections import defaultdict
+
+from wattpool.bus.base import Bus, BusClosed, Handler, Msg, Subscription, subject_matches
+
+log = logging.getLogger(__name__)
+
+
+class _LocalSubscription(Subscription):
+    def __init__(self, bus: LocalBus, subject: str, handler: Handler, queue: str | None) -> None:
+        self.bus = bus
+        self.subject = subject
+        self.handler = handler
+        self.queue_group = queue
+        self.pending: asyncio.Queue[Msg | None] = asyncio.Queue()
+        self.task = asyncio.get_running_loop().create_task(self._deliver())
+        self.active = True
+
+    async def _deliver(self) -> None:
+        while True:
+            msg = await self.pending.get()
+            if msg is None:
+                return
+            try:
+                await self.handler(msg)
+            except Exception:
+                # A failing handler must not kill delivery for later messages.
+                log.exception("bus handler for %s failed", self.subject)
+
+    async def unsubscribe(self) -> None:
+        if not self.active:
+            return
+        self.active = False
+        self.bus._remove(self)
+        self.pending.put_nowait(None)
+
+
+class LocalBus(Bus):
+    def __init__(self) -> None:
+        self._subs: list[_LocalSubscription] = []
+        self._round_robin: defaultdict[tuple[str, str], itertools.count[int]] = defaultdict(
+            itertools.count
+        )
+        self._closed = False
+
+    async def publish(self, subject: str, data: bytes, reply: str | None = None) -> None:
+        if self._closed:
+            raise BusClosed("bus is closed")
+        msg = Msg(subject=subject, data=bytes(data), reply=reply)
+        groups: dict[tuple[str, str], list[_LocalSubscription]] = {}
+        for sub in self._subs:
+            if not subject_matches(sub.subject, subject):
+                continue
+            if sub.queue_group is None:
+                sub.pending.put_nowait(msg)
+            else:
+                groups.setdefault((sub.subject, sub.queue_group), []).append(sub)
+        for key, members in groups.items():
+            chosen = members[next(self._round_robin[key]) % len(members)]
+            chosen.pending.put_nowait(msg)
+
+    async def subscribe(
+        self, subject: str, handler: Handler, queue: str | None = None
+    ) -> Subscription:
+        if self._closed:
+            raise BusClosed("bus is closed")
+        sub = _LocalSubscription(self, subject, handler, queue)
+        self._subs.append(sub)
+        return sub
+
+    def _remove(self, sub: _LocalSubscription) -> None:
+        if sub in self._subs:
+            self._subs.remove(sub)
+
+    async def close(self) -> None:
+        self._closed = True
+        subs = list(self._subs)
+        for sub in subs:
+            await sub.unsubscribe()
+        await asyncio.gather(*(s.task for s in subs), return_exceptions=True)

@@ -1,0 +1,109 @@
+"""Every knob of wattpool in one settings class.
+
+Each field is also an environment variable: ``WATTPOOL_<FIELD>`` (for example
+``WATTPOOL_PORT=9000``). CLI options override the environment; the environment
+overrides these defaults. docs/configuration.md lists them all.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL = "gemma3-270m"
+
+
+def default_data_dir() -> Path:
+    """The user's data folder: $XDG_DATA_HOME/wattpool or ~/.local/share/wattpool."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "wattpool"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="WATTPOOL_", extra="ignore")
+
+    # --- gateway ---------------------------------------------------------
+    host: str = Field("127.0.0.1", description="Address the gateway listens on.")
+    port: int = Field(8000, ge=0, le=65535, description="Port the gateway listens on (0 = any).")
+    max_body_bytes: int = Field(
+        1_048_576, gt=0, description="Largest request body accepted; larger gets 413."
+    )
+    default_max_tokens: int = Field(
+        256, gt=0, description="Completion length when a request does not set max_tokens."
+    )
+    retry_after_s: int = Field(
+        5, gt=0, description="Retry-After sent with 503 when no instance is ready."
+    )
+    dispatch_attempts: int = Field(
+        3, gt=0, description="Nodes tried for one request before its first token."
+    )
+    ack_timeout_s: float = Field(
+        3.0, gt=0, description="How long a node may take to accept a request."
+    )
+    first_token_timeout_s: float = Field(
+        120.0, gt=0, description="How long to wait for the first token once a node accepted."
+    )
+    idle_timeout_s: float = Field(
+        60.0, gt=0, description="Longest silence between two chunks of one stream."
+    )
+
+    # --- state -----------------------------------------------------------
+    data_dir: Path = Field(default_factory=default_data_dir, description="Data folder.")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default is SQLite at <data_dir>/wattpool.db."
+    )
+    usage_flush_interval_s: float = Field(
+        0.5, gt=0, description="How often batched usage records are written."
+    )
+    usage_batch_size: int = Field(200, gt=0, description="Most usage records per write.")
+    usage_buffer_size: int = Field(
+        50_000, gt=0, description="Usage records held in memory while the database is down."
+    )
+
+    # --- fleet -----------------------------------------------------------
+    heartbeat_interval_s: float = Field(2.0, gt=0, description="Node heartbeat period.")
+    heartbeat_timeout_s: float = Field(
+        10.0, gt=0, description="A node silent this long leaves routing."
+    )
+    reconcile_interval_s: float = Field(2.0, gt=0, description="Placement reconciler period.")
+
+    # --- the local node and its engine ------------------------------------
+    model: str = Field(
+        DEFAULT_MODEL,
+        description=(
+            "Model to serve: 'gemma3-270m' (shipped), a path to a .gguf file, or a "
+            "Hugging Face repo id 'org/repo' or 'org/repo:file.gguf'."
+        ),
+    )
+    model_id: str | None = Field(
+        None, description="Public model id clients use; default derived from --model."
+    )
+    engine: Literal["llamacpp", "synthetic"] = Field(
+        "llamacpp", description="Engine of the local node ('synthetic' is for tests and load)."
+    )
+    context_length: int = Field(2048, gt=0, description="Context window of the engine.")
+    engine_threads: int | None = Field(
+        None, description="CPU threads for llama.cpp (default: all cores)."
+    )
+    engine_start_timeout_s: float = Field(
+        300.0, gt=0, description="How long an engine may take to become healthy."
+    )
+    engine_restart_backoff_s: float = Field(
+        1.0, gt=0, description="First restart delay of a dead engine; doubles up to 30 s."
+    )
+    node_name: str | None = Field(None, description="Name of the local node (default hostname).")
+    synthetic_tokens_per_s: float = Field(
+        200.0, gt=0, description="Synthetic engine: decode speed."
+    )
+    synthetic_ttft_s: float = Field(0.02, ge=0, description="Synthetic engine: time to first token.")
+
+    log_level: str = Field("info", description="Log level: debug, info, warning, error.")
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir / 'wattpool.db'}"

@@ -1,0 +1,1 @@
+"""The control plane: live registry, router, placement reconciler."""

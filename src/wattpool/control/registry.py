@@ -1,0 +1,106 @@
+"""The live fleet view, in memory, rebuilt from heartbeats.
+
+The router reads it on every request, so it never touches SQL. The control plane
+writes durable copies of node and instance state to the store off this path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from wattpool.clock import Clock
+from wattpool.policy.routing import InstanceSnapshot
+from wattpool.protocol import Hardware, Heartbeat, InstanceSpec, InstanceState
+
+
+@dataclass(slots=True)
+class NodeView:
+    node_id: str
+    name: str
+    hardware: Hardware
+    last_seen: float  # clock.monotonic()
+    reachable: bool = True
+
+
+@dataclass(slots=True)
+class InstanceView:
+    spec: InstanceSpec
+    node_id: str
+    state: InstanceState = "scheduled"
+    in_flight: int = 0
+    restarts: int = 0
+    error: str | None = None
+
+    @property
+    def instance_id(self) -> str:
+        return self.spec.instance_id
+
+    @property
+    def model_id(self) -> str:
+        return self.spec.model_id
+
+
+@dataclass(slots=True)
+class Registry:
+    clock: Clock
+    heartbeat_timeout_s: float
+    nodes: dict[str, NodeView] = field(default_factory=dict)
+    instances: dict[str, InstanceView] = field(default_factory=dict)
+    # model_id -> context length, for every deployed model (what /v1/models lists)
+    models: dict[str, int] = field(default_factory=dict)
+
+    def add_node(self, node_id: str, name: str, hardware: Hardware) -> NodeView:
+        view = NodeView(node_id, name, hardware, self.clock.monotonic())
+        self.nodes[node_id] = view
+        return view
+
+    def record_heartbeat(self, beat: Heartbeat) -> list[InstanceView]:
+        """Apply a heartbeat; returns the instances whose reported state changed."""
+        node = self.nodes[beat.node_id]
+        node.hardware = beat.hardware
+        node.last_seen = self.clock.monotonic()
+        node.reachable = True
+        changed = []
+        for status in beat.instances:
+            view = self.instances.get(status.instance_id)
+            if view is None or view.node_id != beat.node_id:
+                continue  # not (or no longer) desired here; the reply will stop it
+            if (status.state, status.restarts, status.error) != (
+                view.state, view.restarts, view.error
+            ):
+                changed.append(view)
+            view.state = status.state
+            view.in_flight = status.in_flight
+            view.restarts = status.restarts
+            view.error = status.error
+        return changed
+
+    def mark_unreachable(self) -> list[NodeView]:
+        """Nodes whose heartbeats stopped; they leave routing at once."""
+        now = self.clock.monotonic()
+        lost = []
+        for node in self.nodes.values():
+            if node.reachable and now - node.last_seen > self.heartbeat_timeout_s:
+                node.reachable = False
+                lost.append(node)
+        return lost
+
+    def desired_for(self, node_id: str) -> list[InstanceSpec]:
+        return [v.spec for v in self.instances.values() if v.node_id == node_id]
+
+    def snapshots(self, model_id: str) -> list[InstanceSnapshot]:
+        out = []
+        for view in self.instances.values():
+            if view.model_id != model_id:
+                continue
+            node = self.nodes.get(view.node_id)
+            out.append(
+                InstanceSnapshot(
+                    instance_id=view.instance_id,
+                    node_id=view.node_id,
+                    model_id=view.model_id,
+                    ready=view.state == "ready" and node is not None and node.reachable,
+                    in_flight=view.in_flight,
+                )
+            )
+        return out

@@ -1,0 +1,280 @@
+"""The gateway's FastAPI app: OpenAI-compatible routes, health and metrics."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from wattpool import __version__
+from wattpool.control.router import Router
+from wattpool.gateway.dispatch import Dispatcher, DispatchTrace
+from wattpool.gateway.errors import APIError, install_error_handlers
+from wattpool.gateway.metrics import GatewayMetrics
+from wattpool.gateway.responses import ResponseBuilder
+from wattpool.gateway.validation import parse_json_object, validate_chat, validate_completion
+from wattpool.protocol import InferChunk, RequestKind, Usage
+from wattpool.store import UsageRecord, UsageWriter
+
+log = logging.getLogger(__name__)
+ROUTES = {"/v1/chat/completions", "/v1/completions", "/v1/models", "/healthz", "/readyz",
+          "/metrics"}
+
+
+@dataclass
+class GatewayContext:
+    router: Router
+    dispatcher: Dispatcher
+    usage: UsageWriter
+    metrics: GatewayMetrics
+    max_body_bytes: int
+
+
+class RequestIdMiddleware:
+    """Gives every response an ``x-request-id`` and counts it by route and status."""
+
+    def __init__(self, app: ASGIApp, metrics: GatewayMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = f"req_{uuid.uuid4().hex}"
+        scope.setdefault("state", {})["request_id"] = request_id
+        path = scope["path"]
+        route = path if path in ROUTES else ("/v1/models/{id}" if path.startswith(
+            "/v1/models/") else "other")
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"],
+                                      (b"x-request-id", request_id.encode())]
+                self.metrics.requests.labels(route, str(message["status"])).inc()
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    too_large = APIError(
+        413, f"Request body too large: the limit is {limit} bytes.",
+        code="request_too_large",
+    )
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise too_large
+    body = bytearray()
+    async for part in request.stream():
+        body += part
+        if len(body) > limit:
+            raise too_large
+    return bytes(body)
+
+
+def sse(obj: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+
+def chunk_error(chunk: InferChunk) -> APIError:
+    return APIError(
+        chunk.status if chunk.status >= 400 else 500,
+        chunk.error_message or "the node failed", type=chunk.error_type or "server_error",
+        param=chunk.error_param, code=chunk.error_code,
+    )
+
+
+def create_app(ctx: GatewayContext) -> FastAPI:
+    app = FastAPI(title="wattpool", version=__version__, docs_url=None, redoc_url=None)
+    install_error_handlers(app)
+    app.add_middleware(RequestIdMiddleware, metrics=ctx.metrics)
+    registry = ctx.router.registry
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        ready = sum(1 for v in registry.instances.values() if v.state == "ready")
+        return {"status": "ok", "ready_instances": ready}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        ready = sum(1 for v in registry.instances.values() if v.state == "ready")
+        return JSONResponse({"ready": ready > 0, "ready_instances": ready},
+                            status_code=200 if ready else 503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(ctx.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    def model_card(model_id: str) -> dict[str, Any]:
+        return {"id": model_id, "object": "model", "created": 0, "owned_by": "wattpool",
+                "context_length": registry.models[model_id]}
+
+    @app.get("/v1/models")
+    async def list_models() -> dict[str, Any]:
+        return {"object": "list", "data": [model_card(m) for m in sorted(registry.models)]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def get_model(model_id: str) -> dict[str, Any]:
+        if model_id not in registry.models:
+            raise model_not_found(model_id)
+        return model_card(model_id)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await serve(request, "chat")
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await serve(request, "completion")
+
+    async def serve(request: Request, kind: RequestKind) -> Response:
+        started = time.monotonic()
+        body = parse_json_object(await read_body(request, ctx.max_body_bytes))
+        validate = validate_chat if kind == "chat" else validate_completion
+        model, stream, include_usage, forwarded = validate(body)
+        if not ctx.router.knows_model(model):
+            raise model_not_found(model)
+        request_id: str = request.state.request_id
+        route = request.url.path
+        trace = DispatchTrace()
+        meter = Meter(ctx, request_id, kind, model, route, trace, started)
+        chunks = ctx.dispatcher.run(request_id, kind, model, forwarded, trace)
+        ctx.metrics.in_flight.labels(route).inc()
+        try:
+            first = await anext(chunks)
+        except BaseException as exc:
+            ctx.metrics.in_flight.labels(route).dec()
+            status = exc.status if isinstance(exc, APIError) else 500
+            meter.done("error", status)
+            raise
+        if first.kind == "error":
+            await chunks.aclose()
+            ctx.metrics.in_flight.labels(route).dec()
+            meter.done("error", first.status)
+            raise chunk_error(first)
+        meter.first_token()
+        builder = ResponseBuilder(
+            kind, f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{request_id[4:]}", model,
+            int(time.time()), include_usage,
+        )
+        if stream:
+            return StreamingResponse(
+                stream_body(first, chunks, builder, meter),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        try:
+            text, finish, usage = [], "stop", None
+            async for chunk in prepend(first, chunks):
+                if chunk.kind == "delta":
+                    text.append(chunk.text)
+                    meter.delivered += 1
+                elif chunk.kind == "final":
+                    finish, usage = chunk.finish_reason or "stop", chunk.usage
+                elif chunk.kind == "error":
+                    meter.done("error", chunk.status)
+                    raise chunk_error(chunk)
+            meter.done("ok", 200, usage)
+            return JSONResponse(builder.full("".join(text), finish, usage))
+        finally:
+            meter.abandon()
+            ctx.metrics.in_flight.labels(route).dec()
+
+    async def stream_body(
+        first: InferChunk, chunks: AsyncIterator[InferChunk], builder: ResponseBuilder,
+        meter: Meter,
+    ) -> AsyncIterator[bytes]:
+        try:
+            role = builder.role_chunk()
+            if role is not None:
+                yield sse(role)
+            async for chunk in prepend(first, chunks):
+                if chunk.kind == "delta":
+                    meter.delivered += 1
+                    yield sse(builder.delta_chunk(chunk.text))
+                elif chunk.kind == "final":
+                    yield sse(builder.finish_chunk(chunk.finish_reason or "stop"))
+                    if builder.include_usage and chunk.usage is not None:
+                        yield sse(builder.usage_chunk(chunk.usage))
+                    yield b"data: [DONE]\n\n"
+                    meter.done("ok", 200, chunk.usage)
+                elif chunk.kind == "error":
+                    # Headers are gone; OpenAI clients raise on an "error" event.
+                    yield sse(chunk_error(chunk).body())
+                    meter.done("error", chunk.status)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await chunks.aclose()
+            meter.abandon()
+            ctx.metrics.in_flight.labels(meter.route).dec()
+
+    return app
+
+
+def model_not_found(model: str) -> APIError:
+    return APIError(
+        404, f"The model `{model}` does not exist or you do not have access to it.",
+        param="model", code="model_not_found",
+    )
+
+
+async def prepend(first: InferChunk, rest: AsyncIterator[InferChunk]) -> AsyncIterator[InferChunk]:
+    yield first
+    async for chunk in rest:
+        yield chunk
+
+
+class Meter:
+    """Times one request and writes its usage record exactly once."""
+
+    def __init__(self, ctx: GatewayContext, request_id: str, kind: RequestKind, model: str,
+                 route: str, trace: DispatchTrace, started: float) -> None:
+        self.ctx, self.request_id, self.kind, self.model = ctx, request_id, kind, model
+        self.route, self.trace, self.started = route, trace, started
+        self.ttft_s: float | None = None
+        self.delivered = 0  # text chunks delivered to the client
+        self.recorded = False
+
+    def first_token(self) -> None:
+        self.ttft_s = time.monotonic() - self.started
+        self.ctx.metrics.ttft.labels(self.route, self.model).observe(self.ttft_s)
+
+    def abandon(self) -> None:
+        """The client left before the end: record what was delivered."""
+        if not self.recorded:
+            self.done("cancelled", 499)
+
+    def done(self, status: str, http_status: int, usage: Usage | None = None) -> None:
+        if self.recorded:
+            return
+        self.recorded = True
+        duration = time.monotonic() - self.started
+        self.ctx.metrics.latency.labels(self.route, self.model).observe(duration)
+        prompt = usage.prompt_tokens if usage else 0
+        # Without the engine's count (client gone) each delivered chunk counts as a token.
+        completion = usage.completion_tokens if usage else self.delivered
+        if prompt:
+            self.ctx.metrics.tokens.labels(self.model, "prompt").inc(prompt)
+        if completion:
+            self.ctx.metrics.tokens.labels(self.model, "completion").inc(completion)
+        if len(self.trace.attempts) > 1:
+            self.ctx.metrics.retries.labels(self.model).inc(len(self.trace.attempts) - 1)
+        self.ctx.usage.record(UsageRecord(
+            request_id=self.request_id, kind=self.kind, model_id=self.model,
+            node_id=self.trace.node_id, instance_id=self.trace.instance_id,
+            prompt_tokens=prompt, completion_tokens=completion,
+            ttft_ms=self.ttft_s * 1000 if self.ttft_s is not None else None,
+            duration_ms=duration * 1000, status=status, http_status=http_status,
+        ))

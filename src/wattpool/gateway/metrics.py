@@ -1,0 +1,40 @@
+"""Prometheus metrics of the gateway (one registry per app, so tests stay isolated)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "wattpool_requests", "HTTP requests answered, by route and status.",
+            ["route", "status"], registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "wattpool_requests_in_flight", "Inference requests being served now.",
+            ["route"], registry=self.registry,
+        )
+        self.ttft = Histogram(
+            "wattpool_time_to_first_token_seconds", "Time from request to first token.",
+            ["route", "model"], buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.latency = Histogram(
+            "wattpool_request_duration_seconds", "Time from request to last byte.",
+            ["route", "model"], buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.tokens = Counter(
+            "wattpool_tokens", "Tokens served, by model and kind (prompt, completion).",
+            ["model", "kind"], registry=self.registry,
+        )
+        self.usage_dropped = Counter(
+            "wattpool_usage_records_dropped",
+            "Usage records dropped because the write buffer was full.", registry=self.registry,
+        )
+        self.retries = Counter(
+            "wattpool_dispatch_retries", "Requests moved to another instance before the "
+            "first token.", ["model"], registry=self.registry,
+        )

@@ -1,0 +1,1 @@
+"""The node agent: probes hardware, supervises engines, bridges the bus to them."""

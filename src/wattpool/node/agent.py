@@ -1,0 +1,140 @@
+"""The node agent: joins the pool, heartbeats, runs what the control plane wants.
+
+The agent only dials out: it sends join and heartbeat requests and serves the
+inference subject of its own node id. Each heartbeat reply carries the whole
+desired state, so a lost message is healed by the next one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import socket
+from pathlib import Path
+
+from wattpool.bus import Bus, BusError
+from wattpool.node.bridge import InferBridge
+from wattpool.node.probe import probe
+from wattpool.node.supervisor import Supervisor
+from wattpool.protocol import (
+    JOIN,
+    DesiredState,
+    Heartbeat,
+    JoinReply,
+    JoinRequest,
+    decode,
+    encode,
+    heartbeat_subject,
+)
+
+log = logging.getLogger(__name__)
+
+
+class JoinRefused(Exception):
+    pass
+
+
+class NodeAgent:
+    def __init__(
+        self,
+        bus: Bus,
+        data_dir: Path,
+        *,
+        name: str | None = None,
+        token: str | None = None,
+        threads: int | None = None,
+        heartbeat_interval_s: float = 2.0,
+        engine_start_timeout_s: float = 300.0,
+        engine_restart_backoff_s: float = 1.0,
+        default_max_tokens: int = 256,
+        idle_timeout_s: float = 60.0,
+    ) -> None:
+        self.bus = bus
+        self.data_dir = data_dir
+        self.name = name or socket.gethostname()
+        self.token = token
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.default_max_tokens = default_max_tokens
+        self.idle_timeout_s = idle_timeout_s
+        self.node_id: str | None = None
+        self.supervisor = Supervisor(
+            data_dir, threads, engine_start_timeout_s, engine_restart_backoff_s, self._poke
+        )
+        self.bridge: InferBridge | None = None
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._seq = 0
+
+    @property
+    def identity_file(self) -> Path:
+        return self.data_dir / "node-identity.json"
+
+    def _poke(self) -> None:
+        """Send a heartbeat now: an instance changed state."""
+        self._wake.set()
+
+    async def join(self) -> str:
+        known = None
+        if self.identity_file.exists():
+            known = json.loads(self.identity_file.read_text()).get("node_id")
+        request = JoinRequest(name=self.name, hardware=probe(), token=self.token, node_id=known)
+        reply = decode(await self.bus.request(JOIN, encode(request), timeout=10.0), JoinReply)
+        if not reply.accepted or not reply.node_id:
+            raise JoinRefused(reply.error or "join refused")
+        self.identity_file.parent.mkdir(parents=True, exist_ok=True)
+        self.identity_file.write_text(json.dumps({"node_id": reply.node_id, "name": self.name}))
+        self.heartbeat_interval_s = reply.heartbeat_interval_s or self.heartbeat_interval_s
+        log.info("joined the pool as %s (%s)", reply.node_id, self.name)
+        return reply.node_id
+
+    async def start(self) -> None:
+        self.node_id = await self.join()
+        self.bridge = InferBridge(
+            self.bus, self.node_id, self.supervisor, self.default_max_tokens, self.idle_timeout_s
+        )
+        await self.bridge.start()
+        await self.heartbeat_once()
+        self._task = asyncio.get_running_loop().create_task(self._heartbeat_loop())
+
+    async def heartbeat_once(self) -> None:
+        assert self.node_id is not None
+        self._seq += 1
+        beat = Heartbeat(
+            node_id=self.node_id,
+            seq=self._seq,
+            hardware=probe(),
+            instances=self.supervisor.statuses(),
+            in_flight=self.bridge.in_flight if self.bridge else 0,
+        )
+        data = await self.bus.request(
+            heartbeat_subject(self.node_id), encode(beat), timeout=max(5.0, self.heartbeat_interval_s)
+        )
+        desired = decode(data, DesiredState)
+        if not desired.known:
+            log.warning("control plane does not know this node; joining again")
+            await self.join()
+            return
+        await self.supervisor.apply(desired.instances)
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.heartbeat_interval_s)
+            self._wake.clear()
+            try:
+                await self.heartbeat_once()
+            except BusError as exc:
+                log.warning("heartbeat failed: %s", exc)
+            except Exception:
+                log.exception("heartbeat failed")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self.bridge is not None:
+            await self.bridge.stop()
+        await self.supervisor.stop()

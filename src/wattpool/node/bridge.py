@@ -1,0 +1,202 @@
+"""Bridges bus inference requests to the local engines.
+
+For each InferRequest the bridge sends an ``ack``, calls the engine with a
+streamed HTTP request, forwards text as ``delta`` chunks and ends with a ``final``
+chunk carrying usage, or an ``error`` chunk. A CancelRequest cancels the task that
+serves the request; leaving the HTTP stream closes the connection, and the engine
+stops generating for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Any
+
+import httpx
+
+from wattpool.bus import Bus, Msg, Subscription
+from wattpool.engines import EngineRequestError
+from wattpool.node.supervisor import Supervisor
+from wattpool.protocol import (
+    CancelRequest,
+    InferChunk,
+    InferRequest,
+    Usage,
+    cancel_subject,
+    decode,
+    encode,
+    infer_subject,
+)
+
+log = logging.getLogger(__name__)
+
+
+class _Reply:
+    """Numbered chunks to one gateway inbox."""
+
+    def __init__(self, bus: Bus, inbox: str, request_id: str) -> None:
+        self.bus, self.inbox, self.request_id = bus, inbox, request_id
+        self.seq = 0
+        self.sent_text = False
+
+    async def send(self, **fields: Any) -> None:
+        chunk = InferChunk(request_id=self.request_id, seq=self.seq, **fields)
+        self.seq += 1
+        if chunk.kind == "delta":
+            self.sent_text = True
+        await self.bus.publish(self.inbox, encode(chunk))
+
+    async def error(
+        self, status: int, message: str, *, retriable: bool, error_type: str = "server_error",
+        code: str | None = None, param: str | None = None,
+    ) -> None:
+        await self.send(
+            kind="error", status=status, error_message=message, error_type=error_type,
+            error_code=code, error_param=param, retriable=retriable and not self.sent_text,
+        )
+
+
+def _parse_engine_error(status: int, raw: bytes) -> tuple[str, str, str | None, str | None]:
+    """(message, type, code, param) from an engine's error body, OpenAI-shaped or not."""
+    try:
+        err = json.loads(raw)["error"]
+        if isinstance(err, dict):
+            return (
+                str(err.get("message") or "engine error"),
+                str(err.get("type") or "invalid_request_error"),
+                err.get("code"),
+                err.get("param"),
+            )
+    except (ValueError, KeyError, TypeError):
+        pass
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return raw.decode(errors="replace")[:500] or f"engine answered {status}", kind, None, None
+
+
+class InferBridge:
+    def __init__(
+        self, bus: Bus, node_id: str, supervisor: Supervisor, default_max_tokens: int,
+        idle_timeout_s: float,
+    ) -> None:
+        self.bus = bus
+        self.node_id = node_id
+        self.supervisor = supervisor
+        self.default_max_tokens = default_max_tokens
+        self.idle_timeout_s = idle_timeout_s
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self._subs: list[Subscription] = []
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.tasks)
+
+    async def start(self) -> None:
+        self._subs.append(await self.bus.subscribe(infer_subject(self.node_id), self._on_infer))
+        self._subs.append(await self.bus.subscribe(cancel_subject(self.node_id), self._on_cancel))
+
+    async def stop(self) -> None:
+        for sub in self._subs:
+            await sub.unsubscribe()
+        self._subs.clear()
+        for task in list(self.tasks.values()):
+            task.cancel()
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+
+    async def _on_infer(self, msg: Msg) -> None:
+        if msg.reply is None:
+            log.warning("infer request without reply inbox dropped")
+            return
+        req = decode(msg.data, InferRequest)
+        reply = _Reply(self.bus, msg.reply, req.request_id)
+        task = asyncio.get_running_loop().create_task(self._serve(req, reply))
+        self.tasks[req.request_id] = task
+        task.add_done_callback(lambda _t: self.tasks.pop(req.request_id, None))
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        cancel = decode(msg.data, CancelRequest)
+        task = self.tasks.get(cancel.request_id)
+        if task is not None:
+            log.info("cancelling %s: %s", cancel.request_id, cancel.reason)
+            task.cancel()
+
+    async def _serve(self, req: InferRequest, reply: _Reply) -> None:
+        inst = self.supervisor.get(req.instance_id)
+        if inst is None or inst.state != "ready" or inst.client is None:
+            state = inst.state if inst else "unknown here"
+            await reply.error(503, f"instance {req.instance_id} is {state}", retriable=True)
+            return
+        await reply.send(kind="ack")
+        inst.in_flight += 1
+        try:
+            await self._call_engine(req, reply, inst.client, inst)
+        except asyncio.CancelledError:
+            raise
+        except (httpx.HTTPError, OSError) as exc:
+            # The engine died or broke the connection: another node may take over.
+            log.warning("engine call for %s failed: %r", req.request_id, exc)
+            await reply.error(502, f"engine connection failed: {exc!r}", retriable=True)
+        except Exception as exc:
+            log.exception("request %s failed", req.request_id)
+            await reply.error(500, f"node error: {type(exc).__name__}", retriable=True)
+        finally:
+            inst.in_flight -= 1
+
+    async def _call_engine(
+        self, req: InferRequest, reply: _Reply, client: httpx.AsyncClient, inst: Any
+    ) -> None:
+        try:
+            call = await inst.adapter.build_call(
+                client, inst.spec, req.kind, req.body, self.default_max_tokens
+            )
+        except EngineRequestError as exc:
+            await reply.error(
+                exc.status, exc.message, retriable=False, error_type="invalid_request_error",
+                code=exc.code, param=exc.param,
+            )
+            return
+        text_parts: list[str] = []
+        finish_reason: str | None = None
+        reported: Usage | None = None
+        timeout = httpx.Timeout(self.idle_timeout_s, connect=5.0)
+        async with client.stream("POST", call.path, json=call.payload, timeout=timeout) as resp:
+            if resp.status_code >= 400:
+                raw = await resp.aread()
+                message, err_type, code, param = _parse_engine_error(resp.status_code, raw)
+                await reply.error(
+                    resp.status_code, message, retriable=resp.status_code >= 500,
+                    error_type=err_type, code=code, param=param,
+                )
+                return
+            async for line in resp.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                event = json.loads(data)
+                if event.get("usage"):
+                    u = event["usage"]
+                    reported = Usage(
+                        prompt_tokens=int(u["prompt_tokens"]),
+                        completion_tokens=int(u["completion_tokens"]),
+                    )
+                for choice in event.get("choices") or []:
+                    delta = choice.get("delta")
+                    text = (delta or {}).get("content") if delta is not None else choice.get("text")
+                    if text:
+                        text_parts.append(text)
+                        await reply.send(kind="delta", text=text)
+                    if choice.get("finish_reason"):
+                        finish_reason = choice["finish_reason"]
+        full_text = "".join(text_parts)
+        usage = await inst.adapter.final_usage(client, call, reported, full_text, finish_reason)
+        await reply.send(kind="final", finish_reason=finish_reason or "stop", usage=usage)
+
+
+async def cancel_quietly(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

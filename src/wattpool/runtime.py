@@ -1,0 +1,142 @@
+"""Composes the one-machine pool: gateway + control plane + one local node, one process.
+
+``Pool`` owns the lifecycle: it starts the parts in dependency order and stops
+them in reverse, so that every engine subprocess is gone when ``stop`` returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Generator
+from pathlib import Path
+
+import uvicorn
+from sqlalchemy.engine import Engine
+
+from wattpool.bus.local import LocalBus
+from wattpool.clock import SystemClock
+from wattpool.config import Settings
+from wattpool.control.service import ControlPlane, Deployment
+from wattpool.engines.models import default_model_id, estimate_memory_bytes
+from wattpool.gateway.app import GatewayContext, create_app
+from wattpool.gateway.dispatch import Dispatcher
+from wattpool.gateway.metrics import GatewayMetrics
+from wattpool.node.agent import NodeAgent
+from wattpool.store import UsageWriter, make_engine, migrate
+
+log = logging.getLogger(__name__)
+
+
+def default_deployment(settings: Settings) -> Deployment:
+    """The one deployment of ``wattpool up``: the configured model on the local node."""
+    model_id = settings.model_id or default_model_id(settings.model)
+    if settings.engine == "synthetic" and not settings.model_id:
+        model_id = "synthetic"  # never let fake tokens pass for the real model
+    args: dict[str, str] = {}
+    if settings.engine == "synthetic":
+        args = {"ttft_s": str(settings.synthetic_ttft_s),
+                "tokens_per_s": str(settings.synthetic_tokens_per_s)}
+        memory = 64 * 2**20
+    else:
+        local = Path(settings.model).expanduser()
+        memory = estimate_memory_bytes(local if local.is_file() else None,
+                                       settings.context_length)
+    return Deployment(
+        deployment_id=f"dep_{model_id.replace('/', '_')}", model_id=model_id,
+        engine=settings.engine, source=settings.model, context_length=settings.context_length,
+        replicas=1, memory_bytes=memory, args=args,
+    )
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the pool handles SIGINT and SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+class Pool:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.deployment = default_deployment(settings)
+        self.db: Engine | None = None
+        self.bus: LocalBus | None = None
+        self.control: ControlPlane | None = None
+        self.usage: UsageWriter | None = None
+        self.agent: NodeAgent | None = None
+        self.server: _Server | None = None
+        self.metrics = GatewayMetrics()
+
+    @property
+    def model_id(self) -> str:
+        return self.deployment.model_id
+
+    async def start(self) -> None:
+        s = self.settings
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        self.db = make_engine(s.resolved_database_url())
+        await asyncio.to_thread(migrate, self.db)
+        self.bus = LocalBus()
+        self.control = ControlPlane(
+            self.bus, self.db, SystemClock(), [self.deployment],
+            heartbeat_interval_s=s.heartbeat_interval_s,
+            heartbeat_timeout_s=s.heartbeat_timeout_s,
+            reconcile_interval_s=s.reconcile_interval_s,
+        )
+        await self.control.start()
+        self.usage = UsageWriter(
+            self.db, flush_interval_s=s.usage_flush_interval_s, batch_size=s.usage_batch_size,
+            buffer_size=s.usage_buffer_size,
+        )
+        await self.usage.start()
+        dispatcher = Dispatcher(
+            self.bus, self.control.router, attempts=s.dispatch_attempts,
+            ack_timeout_s=s.ack_timeout_s, first_token_timeout_s=s.first_token_timeout_s,
+            idle_timeout_s=s.idle_timeout_s, retry_after_s=s.retry_after_s,
+        )
+        app = create_app(GatewayContext(
+            router=self.control.router, dispatcher=dispatcher, usage=self.usage,
+            metrics=self.metrics, max_body_bytes=s.max_body_bytes,
+        ))
+        self.server = _Server(uvicorn.Config(
+            app, host=s.host, port=s.port, log_level="warning", access_log=False,
+            lifespan="off", timeout_graceful_shutdown=5,
+        ))
+        self.agent = NodeAgent(
+            self.bus, s.data_dir / "node", name=s.node_name, threads=s.engine_threads,
+            heartbeat_interval_s=s.heartbeat_interval_s,
+            engine_start_timeout_s=s.engine_start_timeout_s,
+            engine_restart_backoff_s=s.engine_restart_backoff_s,
+            default_max_tokens=s.default_max_tokens, idle_timeout_s=s.idle_timeout_s,
+        )
+        await self.agent.start()
+
+    def instance_states(self) -> list[tuple[str, str, str | None]]:
+        """(instance id, state, error) of every desired instance."""
+        if self.control is None:
+            return []
+        return [(v.instance_id, v.state, v.error)
+                for v in self.control.registry.instances.values()]
+
+    async def stop(self) -> None:
+        # Reverse order of start: nothing new comes in, engines go, then state.
+        if self.agent is not None:
+            await self.agent.stop()
+        if self.control is not None:
+            await self.control.stop()
+        if self.usage is not None:
+            await self.usage.stop()
+        if self.bus is not None:
+            await self.bus.close()
+        if self.db is not None:
+            self.db.dispose()
+
+
+def install_stop_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
