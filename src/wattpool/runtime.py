@@ -107,7 +107,7 @@ class Pool:
             lifespan="off", timeout_graceful_shutdown=5,
         ))
         self.agent = NodeAgent(
-            self.bus, s.data_dir / "node", name=s.node_name, threads=s.engine_threads,
+            self.bus, s.data_dir, name=s.node_name, threads=s.engine_threads,
             heartbeat_interval_s=s.heartbeat_interval_s,
             engine_start_timeout_s=s.engine_start_timeout_s,
             engine_restart_backoff_s=s.engine_restart_backoff_s,
@@ -128,6 +128,8 @@ class Pool:
             await self.agent.stop()
         if self.control is not None:
             await self.control.stop()
+            # The local node went down with us: say so for `wattpool status`.
+            await asyncio.to_thread(self.control.record_shutdown)
         if self.usage is not None:
             await self.usage.stop()
         if self.bus is not None:

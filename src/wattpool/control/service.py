@@ -38,6 +38,8 @@ from wattpool.store import repo
 
 log = logging.getLogger(__name__)
 QUEUE_GROUP = "control"
+# last_seen is for people reading `wattpool status`; routing uses the in-memory view.
+LAST_SEEN_WRITE_PERIOD_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,8 +149,12 @@ class ControlPlane:
     # --- background ------------------------------------------------------------
 
     async def _background(self) -> None:
+        last_seen_written = self.clock.monotonic()
         while True:
             await asyncio.sleep(min(self.reconcile_interval_s, self.heartbeat_interval_s))
+            if self.clock.monotonic() - last_seen_written >= LAST_SEEN_WRITE_PERIOD_S:
+                last_seen_written = self.clock.monotonic()
+                self._persist(self._write_last_seen)
             for node in self.registry.mark_unreachable():
                 log.warning("node %s stopped heartbeating; out of routing", node.node_id)
                 self._persist(repo.set_node_state, self.db, node.node_id, "unreachable")
@@ -199,6 +205,25 @@ class ControlPlane:
         )
 
     # --- persistence (off the hot path) ------------------------------------------
+
+    def _write_last_seen(self) -> None:
+        now = datetime.now(UTC)
+        for node in list(self.registry.nodes.values()):
+            if node.reachable:
+                repo.upsert_node(self.db, node.node_id, node.name,
+                                 msgspec.to_builtins(node.hardware), "ready", now)
+
+    def record_shutdown(self) -> None:
+        """Blocking: mark every instance stopped and every node offline (pool shutdown)."""
+        for view in self.registry.instances.values():
+            repo.upsert_instance(
+                self.db, view.instance_id, view.model_id, view.node_id, "stopped",
+                restarts=view.restarts, error=None,
+                deployment_id=self._placements[view.instance_id].deployment_id
+                if view.instance_id in self._placements else None,
+            )
+        for node in self.registry.nodes.values():
+            repo.set_node_state(self.db, node.node_id, "offline")
 
     def _persist_deployments(self) -> None:
         for d in self.deployments.values():

@@ -309,7 +309,7 @@ class SyntheticEngine:
         def chunk(piece: str | None, finish_reason: str | None, first: bool = False) -> str:
             if chat:
                 delta = {"role": "assistant"} if first else {}
-                choice = {
+                choice: dict[str, Any] = {
                     "index": 0,
                     "delta": delta | ({} if piece is None else {"content": piece}),
                 }
@@ -345,7 +345,9 @@ class SyntheticEngine:
         text = "".join(text_parts)
         chat = job.kind == "chat"
         message = {"role": "assistant", "content": text}
-        choice = {"index": 0, "message": message} if chat else {"text": text, "index": 0}
+        choice: dict[str, Any] = (
+            {"index": 0, "message": message} if chat else {"text": text, "index": 0}
+        )
         choice |= {"logprobs": None, "finish_reason": job.finish}
         head = self._head(job, "chat.completion")
         return JSONResponse({**head, "choices": [choice], "usage": job.usage(len(text_parts))})

@@ -69,7 +69,7 @@ class NodeAgent:
 
     @property
     def identity_file(self) -> Path:
-        return self.data_dir / "node-identity.json"
+        return self.data_dir / "node" / "identity.json"
 
     def _poke(self) -> None:
         """Send a heartbeat now: an instance changed state."""

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Creates .venv at the project root and installs wattpool into it (idempotent).
+# The first run compiles llama.cpp (llama-cpp-python) from source: several minutes on
+# 2 cores, with progress shown. pip keeps the built wheel in its cache, so later runs
+# (and fresh clones on the same machine) reuse it in seconds.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+PY="${PYTHON:-python3}"
+STAMP="$VENV/.wattpool-install-stamp"
+
+"$PY" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' || {
+  echo "wattpool needs Python 3.11 or newer (found: $("$PY" --version 2>&1))" >&2; exit 1; }
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "==> creating $VENV"
+  "$PY" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install --quiet --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
+fi
+
+want="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
+  exit 0
+fi
+
+if ! "$VENV/bin/python" -c 'import llama_cpp' 2>/dev/null; then
+  echo "==> installing llama-cpp-python (compiles llama.cpp on first install; cached afterwards)"
+  # Trim the build: no tests, examples, tools, multimodal or curl; CPU-native kernels.
+  export CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_CURL=OFF}"
+  export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
+  spec="$(grep -o '"llama-cpp-python\[server\][^"]*"' "$ROOT/pyproject.toml" | tr -d '"')"
+  log="$VENV/llama-cpp-build.log"
+  # pip -v prints each compile step as [N/M]; show those as one progress line.
+  set +e
+  "$VENV/bin/python" -m pip install -v "$spec" 2>&1 | tee "$log" | while IFS= read -r line; do
+    case "$line" in
+      *"Using cached"*|*"Created wheel"*|*"Successfully installed"*) printf '\n    %s\n' "${line:0:100}" ;;
+      *"Building wheel for llama-cpp-python"*) printf '    compiling llama.cpp (several minutes)…\n' ;;
+      *) step="$(printf '%s' "$line" | grep -o '^ *\[[0-9]*/[0-9]*\]' | tr -d ' ')"
+         [ -n "$step" ] && printf '\r    compile step %s ' "$step" ;;
+    esac
+  done
+  status=${PIPESTATUS[0]}
+  set -e
+  if [ "$status" -ne 0 ]; then
+    echo "llama-cpp-python failed to install; the last lines of $log:" >&2
+    tail -n 30 "$log" >&2
+    exit "$status"
+  fi
+fi
+
+echo "==> installing wattpool and its dependencies into .venv"
+"$VENV/bin/python" -m pip install --quiet -e "$ROOT[dev]" 2>&1 | grep -v '^WARNING: Location' || true
+"$VENV/bin/python" -c 'import wattpool, llama_cpp, openai' # fail loudly if anything is missing
+echo "$want" > "$STAMP"
