@@ -1,0 +1,61 @@
+"""503 with Retry-After when a model is deployed but no instance is ready.
+
+Real parts in one process: the in-process bus, the control plane on SQLite and the
+gateway app, with no node joined yet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from wattpool.bus.local import LocalBus
+from wattpool.clock import SystemClock
+from wattpool.control.service import ControlPlane, Deployment
+from wattpool.gateway.app import GatewayContext, create_app
+from wattpool.gateway.dispatch import Dispatcher
+from wattpool.gateway.metrics import GatewayMetrics
+from wattpool.store import UsageWriter, list_usage, make_engine, migrate
+
+
+@pytest.fixture
+async def gateway(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, UsageWriter]]:
+    db = make_engine(f"sqlite:///{tmp_path / 'pool.db'}")
+    migrate(db)
+    bus = LocalBus()
+    control = ControlPlane(
+        bus, db, SystemClock(),
+        [Deployment("dep_m", "m", "synthetic", "m", context_length=128, memory_bytes=1)],
+        heartbeat_interval_s=1, heartbeat_timeout_s=3, reconcile_interval_s=1,
+    )
+    await control.start()
+    usage = UsageWriter(db, flush_interval_s=0.05, batch_size=10, buffer_size=100)
+    await usage.start()
+    dispatcher = Dispatcher(bus, control.router, attempts=2, ack_timeout_s=0.5,
+                            first_token_timeout_s=5, idle_timeout_s=5, retry_after_s=7)
+    app = create_app(GatewayContext(control.router, dispatcher, usage, GatewayMetrics(),
+                                    max_body_bytes=10_000))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+        yield client, usage
+    await usage.stop()
+    await control.stop()
+    await bus.close()
+    db.dispose()
+
+
+async def test_no_ready_instance_is_503_with_retry_after(
+    gateway: tuple[httpx.AsyncClient, UsageWriter],
+) -> None:
+    client, usage = gateway
+    resp = await client.post("/v1/completions", json={"model": "m", "prompt": "hi"})
+    assert resp.status_code == 503
+    assert resp.headers["retry-after"] == "7"
+    assert resp.json()["error"]["code"] == "no_capacity"
+    assert (await client.get("/readyz")).status_code == 503
+    await usage.flush()
+    (record,) = list_usage(usage.engine, request_id=resp.headers["x-request-id"])
+    assert (record.status, record.http_status) == ("error", 503)
