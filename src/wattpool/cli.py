@@ -48,13 +48,13 @@ def setup_logging(level: str) -> None:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
-HostOpt = Annotated[str | None, typer.Option(help="Address to listen on [env WATTPOOL_HOST; "
-                                             "default 127.0.0.1].")]
-PortOpt = Annotated[int | None, typer.Option(help="Port to listen on [env WATTPOOL_PORT; "
-                                             "default 8000].")]
+HostOpt = Annotated[str | None, typer.Option(help="Address to listen on (env WATTPOOL_HOST; "
+                                             "default 127.0.0.1).")]
+PortOpt = Annotated[int | None, typer.Option(help="Port to listen on (env WATTPOOL_PORT; "
+                                             "default 8000).")]
 DataDirOpt = Annotated[Path | None, typer.Option(
-    help="Data folder: SQLite database, models, logs [env WATTPOOL_DATA_DIR; default "
-         "~/.local/share/wattpool].")]
+    help="Data folder: SQLite database, models, logs (env WATTPOOL_DATA_DIR; default "
+         "~/.local/share/wattpool).")]
 
 
 @app.command()
@@ -63,20 +63,20 @@ def up(
     port: PortOpt = None,
     model: Annotated[str | None, typer.Option(
         help="Model: 'gemma3-270m' (shipped), a local .gguf path, or a Hugging Face repo "
-             "'org/repo[:file.gguf]' [env WATTPOOL_MODEL].")] = None,
+             "'org/repo[:file.gguf]' (env WATTPOOL_MODEL).")] = None,
     model_id: Annotated[str | None, typer.Option(
-        help="Model id clients send; default derived from --model [env WATTPOOL_MODEL_ID].",
+        help="Model id clients send; default derived from --model (env WATTPOOL_MODEL_ID).",
     )] = None,
     engine: Annotated[str | None, typer.Option(
         help="Engine: 'llamacpp' (default) or 'synthetic' (fake tokens, for tests and load "
-             "only) [env WATTPOOL_ENGINE].")] = None,
+             "only) (env WATTPOOL_ENGINE).")] = None,
     context_length: Annotated[int | None, typer.Option(
-        help="Context window in tokens [env WATTPOOL_CONTEXT_LENGTH; default 2048].")] = None,
+        help="Context window in tokens (env WATTPOOL_CONTEXT_LENGTH; default 2048).")] = None,
     threads: Annotated[int | None, typer.Option(
-        help="CPU threads for llama.cpp [env WATTPOOL_ENGINE_THREADS; default all].")] = None,
+        help="CPU threads for llama.cpp (env WATTPOOL_ENGINE_THREADS; default all).")] = None,
     data_dir: DataDirOpt = None,
     log_level: Annotated[str | None, typer.Option(
-        help="debug, info, warning or error [env WATTPOOL_LOG_LEVEL].")] = None,
+        help="debug, info, warning or error (env WATTPOOL_LOG_LEVEL).")] = None,
 ) -> None:
     """Run the whole pool on this machine: gateway, control plane and one local node."""
     settings = load_settings(
@@ -158,7 +158,7 @@ def print_banner(settings: Settings, pool: Any) -> None:
 def status(
     data_dir: DataDirOpt = None,
     database_url: Annotated[str | None, typer.Option(
-        help="SQLAlchemy URL of the pool's database [env WATTPOOL_DATABASE_URL].")] = None,
+        help="SQLAlchemy URL of the pool's database (env WATTPOOL_DATABASE_URL).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
     = False,
 ) -> None:
