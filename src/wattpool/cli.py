@@ -110,6 +110,12 @@ async def _up(settings: Settings) -> int:
                 states = pool.instance_states()
                 if any(state == "ready" for _, state, _ in states) and pool.server.started:
                     break
+                unloadable = [err for _, state, err in states
+                              if state == "failed" and err and err.startswith("ModelNotFound")]
+                if unloadable:
+                    # Retrying cannot help a model that does not exist: say so and stop.
+                    err_console.print(f"[red]cannot load the model:[/red] {unloadable[0]}")
+                    return 1
                 line = ", ".join(f"{iid} {state}" + (f" ({err})" if err else "")
                                  for iid, state, err in states) or "placing the model"
                 status.update(f"loading {pool.model_id} with {settings.engine} "

@@ -156,6 +156,7 @@ def test_metrics(pool: PoolProcess, client: openai.OpenAI) -> None:
     assert "wattpool_request_duration_seconds_count" in text
     assert 'wattpool_tokens_total{kind="completion",model="synthetic"}' in text
     assert "wattpool_requests_in_flight" in text
+    assert "wattpool_usage_records_dropped 0.0" in text
 
 
 def engine_stats(pool: PoolProcess) -> dict[str, int]:

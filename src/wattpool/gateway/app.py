@@ -115,6 +115,8 @@ def create_app(ctx: GatewayContext) -> FastAPI:
 
     @app.get("/metrics")
     async def metrics() -> Response:
+        ctx.metrics.usage_dropped.set(ctx.usage.dropped)
+        ctx.metrics.usage_pending.set(ctx.usage.pending)
         return Response(generate_latest(ctx.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     def model_card(model_id: str) -> dict[str, Any]:

@@ -30,9 +30,15 @@ class GatewayMetrics:
             "wattpool_tokens", "Tokens served, by model and kind (prompt, completion).",
             ["model", "kind"], registry=self.registry,
         )
-        self.usage_dropped = Counter(
+        # Gauges set from the UsageWriter's own counters at scrape time.
+        self.usage_dropped = Gauge(
             "wattpool_usage_records_dropped",
-            "Usage records dropped because the write buffer was full.", registry=self.registry,
+            "Usage records dropped since start because the write buffer was full.",
+            registry=self.registry,
+        )
+        self.usage_pending = Gauge(
+            "wattpool_usage_records_pending", "Usage records waiting to be written.",
+            registry=self.registry,
         )
         self.retries = Counter(
             "wattpool_dispatch_retries", "Requests moved to another instance before the "
