@@ -99,7 +99,9 @@ class Settings(BaseSettings):
     synthetic_tokens_per_s: float = Field(
         200.0, gt=0, description="Synthetic engine: decode speed."
     )
-    synthetic_ttft_s: float = Field(0.02, ge=0, description="Synthetic engine: time to first token.")
+    synthetic_ttft_s: float = Field(
+        0.02, ge=0, description="Synthetic engine: time to first token."
+    )
 
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
 

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import openai
 import pytest
-from pooltools import PoolProcess
 
 from wattpool.engines.models import assemble_default
+
+from pooltools import PoolProcess
 
 pytestmark = pytest.mark.slow
 

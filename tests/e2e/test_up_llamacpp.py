@@ -17,10 +17,11 @@ import httpx
 import openai
 import psutil
 import pytest
-from pooltools import WATTPOOL, PoolProcess
 
 from wattpool.engines.chat_template import render_gemma
 from wattpool.store import list_instances, list_usage, make_engine
+
+from pooltools import WATTPOOL, PoolProcess
 
 pytestmark = pytest.mark.slow
 MODEL = "gemma3-270m"
@@ -99,7 +100,8 @@ def test_streamed_chat_with_usage(pool: PoolProcess, client: openai.OpenAI) -> N
     )
     request_id = raw.headers["x-request-id"]
     chunks = list(raw.parse())
-    pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    pieces = [c.choices[0].delta.content for c in chunks
+              if c.choices and c.choices[0].delta.content]
     assert len(pieces) >= 3, "text should arrive in several chunks"
     usage_chunks = [c for c in chunks if c.usage is not None]
     assert len(usage_chunks) == 1 and chunks[-1].usage is not None and chunks[-1].choices == []
@@ -179,7 +181,7 @@ def test_signal_stops_everything(tmp_path: Path, sig: signal.Signals) -> None:
     finally:
         code = p.stop(sig)
     assert code == 0, p.log()
-    gone, alive = psutil.wait_procs(engines, timeout=10)
+    _, alive = psutil.wait_procs(engines, timeout=10)
     assert not alive, f"engine left behind: {alive}"
     assert "wattpool is serving" in p.log() and MODEL in p.log()
     status = subprocess.run(

@@ -12,9 +12,10 @@ from collections.abc import Iterator
 import httpx
 import openai
 import pytest
-from pooltools import PoolProcess
 
 from wattpool.store import list_usage, make_engine
+
+from pooltools import PoolProcess
 
 MODEL = "synthetic"
 MAX_BODY = 65_536

@@ -108,9 +108,8 @@ class NodeAgent:
             instances=self.supervisor.statuses(),
             in_flight=self.bridge.in_flight if self.bridge else 0,
         )
-        data = await self.bus.request(
-            heartbeat_subject(self.node_id), encode(beat), timeout=max(5.0, self.heartbeat_interval_s)
-        )
+        timeout = max(5.0, self.heartbeat_interval_s)
+        data = await self.bus.request(heartbeat_subject(self.node_id), encode(beat), timeout)
         desired = decode(data, DesiredState)
         if not desired.known:
             log.warning("control plane does not know this node; joining again")

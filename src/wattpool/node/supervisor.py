@@ -139,7 +139,8 @@ class EngineInstance:
             if self._proc.returncode is None:
                 await self._terminate()
                 return f"engine not healthy within {self.start_timeout_s:.0f}s (log: {log_path})"
-            return f"engine exited with code {self._proc.returncode} while loading (log: {log_path})"
+            code = self._proc.returncode
+            return f"engine exited with code {code} while loading (log: {log_path})"
         self._set_state("ready")
         return await self._watch()
 

@@ -94,7 +94,7 @@ class UsageWriter:
         self._stopping = asyncio.Event()
         self._task = asyncio.create_task(self._run(), name="usage-writer")
 
-    async def stop(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109 - part of the API
+    async def stop(self, timeout: float = 10.0) -> None:
         """Write what is left (retrying while the database fails), for at most ``timeout``
         seconds, then stop. Records still pending afterwards are lost (and logged)."""
         if self._task is None:
