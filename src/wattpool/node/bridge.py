@@ -137,7 +137,9 @@ class InferBridge:
         except (httpx.HTTPError, OSError) as exc:
             # The engine died or broke the connection: another node may take over.
             log.warning("engine call for %s failed: %r", req.request_id, exc)
-            await reply.error(502, f"engine connection failed: {exc!r}", retriable=True)
+            await reply.error(
+                502, f"the engine stopped responding ({type(exc).__name__})", retriable=True
+            )
         except Exception as exc:
             log.exception("request %s failed", req.request_id)
             await reply.error(500, f"node error: {type(exc).__name__}", retriable=True)

@@ -1,0 +1,1 @@
+"""Payout schemes, prices and the mine-or-infer decision (planned)."""

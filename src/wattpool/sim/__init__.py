@@ -1,0 +1,1 @@
+"""Discrete-event simulator of many sites over the same policy/ code (planned)."""
