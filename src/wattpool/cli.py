@@ -90,7 +90,7 @@ def up(
 
 
 async def _up(settings: Settings) -> int:
-    from wattpool.runtime import Pool, install_stop_signals
+    from wattpool.runtime import ListenError, Pool, install_stop_signals
 
     stop = asyncio.Event()
     install_stop_signals(stop)
@@ -98,9 +98,13 @@ async def _up(settings: Settings) -> int:
     serve_task: asyncio.Task[None] | None = None
     try:
         with console.status("starting the control plane and the local node…") as status:
-            await pool.start()
+            try:
+                await pool.start()
+            except ListenError as exc:
+                err_console.print(f"[red]{exc}[/red] (choose another with --port)")
+                return 1
             assert pool.server is not None
-            serve_task = asyncio.create_task(pool.server.serve())
+            serve_task = asyncio.create_task(pool.serve())
             started = time.monotonic()
             while not stop.is_set():
                 if serve_task.done():
@@ -136,8 +140,7 @@ async def _up(settings: Settings) -> int:
 
 def print_banner(settings: Settings, pool: Any) -> None:
     host = settings.host if settings.host not in ("0.0.0.0", "::") else "127.0.0.1"
-    port = pool.server.servers[0].sockets[0].getsockname()[1] if pool.server.servers \
-        else settings.port
+    port = pool.port
     base = f"http://{host}:{port}/v1"
     model_id = pool.model_id
     console.print(f"\n[bold green]wattpool is serving[/bold green] [bold]{model_id}[/bold] "

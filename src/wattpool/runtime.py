@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 from collections.abc import Generator
 from pathlib import Path
 
@@ -51,6 +52,28 @@ def default_deployment(settings: Settings) -> Deployment:
     )
 
 
+class ListenError(Exception):
+    """The gateway cannot listen where it was asked to."""
+
+
+def bind_listener(host: str, port: int) -> socket.socket:
+    """Bind the gateway's socket before anything else starts, so a taken port fails fast."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ListenError(f"cannot resolve host {host!r}: {exc}") from None
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
 class _Server(uvicorn.Server):
     """uvicorn without its own signal handling: the pool handles SIGINT and SIGTERM."""
 
@@ -69,6 +92,7 @@ class Pool:
         self.usage: UsageWriter | None = None
         self.agent: NodeAgent | None = None
         self.server: _Server | None = None
+        self.listener: socket.socket | None = None
         self.metrics = GatewayMetrics()
 
     @property
@@ -77,6 +101,7 @@ class Pool:
 
     async def start(self) -> None:
         s = self.settings
+        self.listener = bind_listener(s.host, s.port)
         s.data_dir.mkdir(parents=True, exist_ok=True)
         self.db = make_engine(s.resolved_database_url())
         await asyncio.to_thread(migrate, self.db)
@@ -115,6 +140,16 @@ class Pool:
         )
         await self.agent.start()
 
+    @property
+    def port(self) -> int:
+        assert self.listener is not None
+        return int(self.listener.getsockname()[1])
+
+    async def serve(self) -> None:
+        """Serve HTTP until ``server.should_exit`` is set."""
+        assert self.server is not None and self.listener is not None
+        await self.server.serve(sockets=[self.listener])
+
     def instance_states(self) -> list[tuple[str, str, str | None]]:
         """(instance id, state, error) of every desired instance."""
         if self.control is None:
@@ -136,6 +171,8 @@ class Pool:
             await self.bus.close()
         if self.db is not None:
             self.db.dispose()
+        if self.listener is not None:
+            self.listener.close()
 
 
 def install_stop_signals(stop: asyncio.Event) -> None:

@@ -6,8 +6,10 @@ happens at a known point; `wattpool up` runs as a real process.
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import openai
@@ -15,7 +17,7 @@ import pytest
 
 from wattpool.store import list_instances, list_usage, make_engine
 
-from pooltools import PoolProcess
+from pooltools import WATTPOOL, PoolProcess
 
 
 @pytest.fixture
@@ -61,3 +63,15 @@ def test_engine_dies_mid_stream_then_recovers(pool: PoolProcess) -> None:
     assert pool.engine_processes()[0].pid != old_pid
     reply = client.completions.create(model="synthetic", prompt="again", max_tokens=3)
     assert reply.choices[0].text == "alpha bravo charlie "
+
+
+
+def test_port_in_use_fails_fast_and_clearly(tmp_path: Path, pool: PoolProcess) -> None:
+    result = subprocess.run(
+        [*WATTPOOL, "up", "--engine", "synthetic", "--port", str(pool.port),
+         "--data-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{pool.port}" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout

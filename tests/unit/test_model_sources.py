@@ -157,7 +157,7 @@ def test_hf_repo_with_several_files_and_no_q4_k_m(hub: Path, data_dir: Path) -> 
 
 
 def test_hf_repo_missing_file(hub: Path, data_dir: Path) -> None:
-    with pytest.raises(ModelNotFound, match="no file nope.gguf"):
+    with pytest.raises(ModelNotFound, match=r"no file nope\.gguf"):
         resolve_model("org/repo:nope.gguf", data_dir)
 
 
@@ -169,7 +169,7 @@ def test_hf_repo_missing_offline(hub: Path, data_dir: Path) -> None:
 def test_hf_repo_without_gguf(hub: Path, data_dir: Path) -> None:
     snapshot = fake_repo(hub, "org/safetensors", [])
     (snapshot / "model.safetensors").write_bytes(b"\x00" * 16)
-    with pytest.raises(ModelNotFound, match="no .gguf file"):
+    with pytest.raises(ModelNotFound, match=r"no \.gguf file"):
         resolve_model("org/safetensors", data_dir)
 
 
