@@ -278,11 +278,6 @@ async def test_unsubscribe_stops_deliveries(bus: Bus) -> None:
     await sub.unsubscribe()
 
 
-@pytest.mark.xfail(
-    reason="LocalBus delivers messages already queued for a subscription after its "
-    "unsubscribe() returned (a NATS client drops them); see _LocalSubscription._deliver",
-    strict=True,
-)
 async def test_unsubscribe_drops_messages_not_yet_handled(bus: Bus) -> None:
     release = asyncio.Event()
     handled: list[bytes] = []

@@ -6,8 +6,6 @@ import itertools
 from collections import Counter
 from collections.abc import Callable
 
-import pytest
-
 from wattpool.policy.placement import (
     DeploymentSpec,
     NodeCapacity,
@@ -236,12 +234,6 @@ def test_many_deployments_fill_a_fleet_consistently() -> None:
     assert again.placements == plan.placements
 
 
-@pytest.mark.xfail(
-    reason="plan_placement keeps two current replicas of one deployment on the same node "
-    "(placement.py: the keep loop does not check the node is already used by that "
-    "deployment)",
-    strict=True,
-)
 def test_duplicate_current_replicas_on_one_node_are_not_kept() -> None:
     deployments = [dep("d", replicas=2)]
     nodes = [node("a", 10), node("b", 10)]

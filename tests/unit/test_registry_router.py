@@ -222,11 +222,6 @@ def test_instance_on_a_removed_node_is_not_ready(fleet: Fleet) -> None:
     assert [s.ready for s in fleet.registry.snapshots("m") if s.instance_id == "i1"] == [False]
 
 
-@pytest.mark.xfail(
-    reason="record_heartbeat leaves an instance the node no longer reports (agent restarted) "
-    "in its old 'ready' state, so it stays routable",
-    strict=True,
-)
 def test_instance_missing_from_heartbeat_is_no_longer_ready(fleet: Fleet) -> None:
     fleet.beat("n1", ("i1", "ready", 0))
     fleet.beat("n1")  # the node came back empty: it runs nothing now

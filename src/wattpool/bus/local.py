@@ -30,8 +30,8 @@ class _LocalSubscription(Subscription):
     async def _deliver(self) -> None:
         while True:
             msg = await self.pending.get()
-            if msg is None:
-                return
+            if msg is None or not self.active:
+                return  # after unsubscribe, queued messages are dropped (as in NATS)
             try:
                 await self.handler(msg)
             except Exception:

@@ -73,6 +73,13 @@ class Registry:
             view.in_flight = status.in_flight
             view.restarts = status.restarts
             view.error = status.error
+        # An instance the node no longer reports (agent restarted) is not running there.
+        reported = {s.instance_id for s in beat.instances}
+        for view in self.instances.values():
+            if view.node_id == beat.node_id and view.instance_id not in reported \
+                    and view.state in ("ready", "loading", "failed"):
+                view.state, view.in_flight = "scheduled", 0
+                changed.append(view)
         return changed
 
     def mark_unreachable(self) -> list[NodeView]:

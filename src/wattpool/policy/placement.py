@@ -59,7 +59,8 @@ def plan_placement(
         dep = by_id.get(p.deployment_id)
         if dep is None or p.node_id not in live:
             continue
-        if len(per_deployment[dep.deployment_id]) >= dep.replicas:
+        placed = per_deployment[dep.deployment_id]
+        if len(placed) >= dep.replicas or any(q.node_id == p.node_id for q in placed):
             continue
         per_deployment[dep.deployment_id].append(p)
         free[p.node_id] -= dep.memory_bytes

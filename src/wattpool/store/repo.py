@@ -261,9 +261,14 @@ def insert_usage(engine: Engine, records: Sequence[UsageRecord]) -> int:
         row = asdict(r)
         row.pop("id")
         rows.append(row)
+    stmt = _usage_insert(engine.dialect.name)
     with engine.begin() as conn:
-        res = conn.execute(_usage_insert(engine.dialect.name), rows)
-        # Drivers that cannot count an executemany report -1.
+        if engine.dialect.name in ("sqlite", "postgresql"):
+            # rowcount of an executemany is not reliable across drivers (psycopg reports
+            # rows processed); RETURNING counts exactly the rows inserted.
+            returned = conn.execute(stmt.returning(UsageEntry.__table__.c.request_id), rows)
+            return len(returned.all())
+        res = conn.execute(stmt, rows)
         return res.rowcount if res.rowcount >= 0 else len(rows)
 
 

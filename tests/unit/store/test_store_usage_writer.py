@@ -33,7 +33,9 @@ def _count_usage_inserts(engine: Engine) -> list[int]:
         conn: Any, cursor: Any, statement: str, params: Any, context: Any, executemany: bool
     ) -> None:
         if statement.lstrip().upper().startswith("INSERT INTO USAGE_RECORDS"):
-            sizes.append(len(params) if executemany else 1)
+            # One executemany, or one multi-row INSERT … VALUES (…), (…) RETURNING.
+            values = statement.upper().split(" VALUES ", 1)[1].split(" ON CONFLICT", 1)[0]
+            sizes.append(values.count("("))
 
     return sizes
 
