@@ -128,6 +128,10 @@ class DesiredState(Message, kw_only=True):
 
 RequestKind = Literal["chat", "completion"]
 
+# OpenAI sampling parameters the gateway forwards and engines receive unchanged.
+SAMPLING_PARAMS = ("temperature", "top_p", "stop", "seed", "presence_penalty",
+                   "frequency_penalty")
+
 
 class InferRequest(Message, kw_only=True):
     request_id: str

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from wattpool.protocol import InstanceSpec, RequestKind, Usage
+from wattpool.protocol import SAMPLING_PARAMS, InstanceSpec, RequestKind, Usage
 
 
 class EngineRequestError(Exception):
@@ -43,15 +43,7 @@ class EngineCall:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-# OpenAI sampling parameters passed through to engines unchanged.
-PASSTHROUGH_PARAMS = (
-    "temperature",
-    "top_p",
-    "stop",
-    "seed",
-    "presence_penalty",
-    "frequency_penalty",
-)
+PASSTHROUGH_PARAMS = SAMPLING_PARAMS
 
 
 class EngineAdapter(abc.ABC):

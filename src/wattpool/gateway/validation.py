@@ -9,18 +9,10 @@ import json
 from typing import Any
 
 from wattpool.gateway.errors import APIError, invalid
+from wattpool.protocol import SAMPLING_PARAMS
 
 ROLES = {"system", "developer", "user", "assistant", "tool"}
-FORWARDED = (
-    "max_tokens",
-    "max_completion_tokens",
-    "temperature",
-    "top_p",
-    "stop",
-    "seed",
-    "presence_penalty",
-    "frequency_penalty",
-)
+FORWARDED = ("max_tokens", "max_completion_tokens", *SAMPLING_PARAMS)
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
