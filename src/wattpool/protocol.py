@@ -93,8 +93,9 @@ class InstanceStatus(msgspec.Struct, kw_only=True):
 class JoinRequest(Message, kw_only=True):
     name: str
     hardware: Hardware
-    token: str | None = None
+    token: str | None = None  # one-time join token (secret part), for a first join
     node_id: str | None = None  # set when a node that joined before comes back
+    public_key: str | None = None  # the node's NATS nkey; its seed stays on the node
 
 
 class JoinReply(Message, kw_only=True):
@@ -102,6 +103,9 @@ class JoinReply(Message, kw_only=True):
     node_id: str | None = None
     heartbeat_interval_s: float = 2.0
     error: str | None = None
+    site: str | None = None
+    # NATS user JWT for the node's public key, allowing only its own subjects.
+    user_jwt: str | None = None
 
 
 # --- heartbeat -----------------------------------------------------------------
@@ -110,6 +114,7 @@ class JoinReply(Message, kw_only=True):
 class Heartbeat(Message, kw_only=True):
     node_id: str
     seq: int
+    name: str = ""
     hardware: Hardware
     instances: list[InstanceStatus] = []
     in_flight: int = 0
@@ -133,12 +138,22 @@ SAMPLING_PARAMS = ("temperature", "top_p", "stop", "seed", "presence_penalty",
                    "frequency_penalty")
 
 
+class Continuation(msgspec.Struct, kw_only=True):
+    """What the client already received when a stream moves to another node."""
+
+    text: str
+    tokens: int
+
+
 class InferRequest(Message, kw_only=True):
     request_id: str
     instance_id: str
     kind: RequestKind
     # The validated OpenAI request body (messages or prompt, sampling params).
     body: dict[str, object]
+    # Set when this request continues a stream another node started: generate what
+    # comes after ``text``, at most max_tokens - ``tokens`` more tokens.
+    continuation: Continuation | None = None
 
 
 ChunkKind = Literal["ack", "delta", "final", "error"]
@@ -158,7 +173,8 @@ class InferChunk(Message, kw_only=True):
 
     ack   -- the node accepted the request (sent before the engine is called)
     delta -- generated text
-    final -- end of stream: finish_reason and usage
+    final -- end of stream: finish_reason and usage (of this node's call; for a
+             continuation the prompt count is the original prompt's)
     error -- the request failed; ``status`` and ``error_*`` describe it, and
              ``retriable`` says whether another node may try it
     """
@@ -167,6 +183,7 @@ class InferChunk(Message, kw_only=True):
     seq: int
     kind: ChunkKind
     text: str = ""
+    tokens: int = 0  # delta: generated tokens this text holds
     finish_reason: str | None = None
     usage: Usage | None = None
     status: int = 200

@@ -32,6 +32,10 @@ class Router:
             return None
         return self.registry.instances.get(decision.chosen.instance_id)
 
+    def node_reachable(self, node_id: str) -> bool:
+        node = self.registry.nodes.get(node_id)
+        return node is not None and node.reachable
+
     def acquire(self, instance_id: str) -> None:
         self.local_in_flight[instance_id] += 1
 

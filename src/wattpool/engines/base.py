@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from wattpool.protocol import SAMPLING_PARAMS, InstanceSpec, RequestKind, Usage
+from wattpool.protocol import SAMPLING_PARAMS, Continuation, InstanceSpec, RequestKind, Usage
 
 
 class EngineRequestError(Exception):
@@ -39,11 +39,17 @@ class EngineCall:
     payload: dict[str, Any]
     max_tokens: int
     prompt: str | None = None  # the exact prompt text, when the adapter rendered it
-    prompt_tokens: int | None = None  # known before the call, when the adapter counted
+    prompt_tokens: int | None = None  # of the client's prompt, when the adapter counted
     extra: dict[str, Any] = field(default_factory=dict)
 
 
 PASSTHROUGH_PARAMS = SAMPLING_PARAMS
+
+
+def remaining_tokens(requested: int, continuation: Continuation | None) -> int:
+    """Tokens still to generate; a continuation has used some of the budget already."""
+    done = continuation.tokens if continuation else 0
+    return max(1, requested - done)
 
 
 class EngineAdapter(abc.ABC):
@@ -69,8 +75,13 @@ class EngineAdapter(abc.ABC):
         kind: RequestKind,
         body: dict[str, Any],
         default_max_tokens: int,
+        continuation: Continuation | None = None,
     ) -> EngineCall:
-        """Turn a validated OpenAI request into an engine call (may raise EngineRequestError)."""
+        """Turn a validated OpenAI request into an engine call (may raise EngineRequestError).
+
+        With a continuation the call generates what follows ``continuation.text``, at most
+        the requested length minus ``continuation.tokens``.
+        """
 
     async def final_usage(
         self,

@@ -19,10 +19,16 @@ from typing import Any
 
 import httpx
 
-from wattpool.engines.base import PASSTHROUGH_PARAMS, EngineAdapter, EngineCall, EngineRequestError
+from wattpool.engines.base import (
+    PASSTHROUGH_PARAMS,
+    EngineAdapter,
+    EngineCall,
+    EngineRequestError,
+    remaining_tokens,
+)
 from wattpool.engines.chat_template import GEMMA_END_OF_TURN, render_gemma
 from wattpool.engines.models import resolve_model
-from wattpool.protocol import InstanceSpec, RequestKind, Usage
+from wattpool.protocol import Continuation, InstanceSpec, RequestKind, Usage
 
 
 def uses_gemma_template(spec: InstanceSpec) -> bool:
@@ -66,10 +72,12 @@ class LlamaCppAdapter(EngineAdapter):
         kind: RequestKind,
         body: dict[str, Any],
         default_max_tokens: int,
+        continuation: Continuation | None = None,
     ) -> EngineCall:
         params = {k: body[k] for k in PASSTHROUGH_PARAMS if body.get(k) is not None}
+        messages: list[dict[str, Any]] = list(body.get("messages") or [])  # type: ignore[call-overload]
         if kind == "chat" and uses_gemma_template(spec):
-            prompt = render_gemma(body["messages"])  # type: ignore[arg-type]
+            prompt: str | None = render_gemma(messages)
             stops = params.get("stop") or []
             stops = [stops] if isinstance(stops, str) else list(stops)
             params["stop"] = [*stops, GEMMA_END_OF_TURN]
@@ -84,13 +92,14 @@ class LlamaCppAdapter(EngineAdapter):
         if prompt is not None:
             prompt_tokens = await self._count_tokens(client, prompt)
         else:
-            joined = "\n".join(str(m.get("content") or "") for m in body["messages"])  # type: ignore[union-attr]
+            joined = "\n".join(str(m.get("content") or "") for m in messages)
             prompt_tokens = await self._count_tokens(client, joined)
 
         ctx = spec.context_length
-        requested = body.get("max_tokens") or body.get("max_completion_tokens")
-        if prompt_tokens >= ctx or (requested and prompt_tokens + int(requested) > ctx):  # type: ignore[call-overload]
-            completion = int(requested) if requested else 0  # type: ignore[call-overload]
+        raw_requested = body.get("max_tokens") or body.get("max_completion_tokens")
+        requested = int(raw_requested) if raw_requested else None  # type: ignore[call-overload]
+        if prompt_tokens >= ctx or (requested and prompt_tokens + requested > ctx):
+            completion = requested or 0
             raise EngineRequestError(
                 f"This model's maximum context length is {ctx} tokens. However, you requested "
                 f"{prompt_tokens + completion} tokens ({prompt_tokens} in the {param_name}, "
@@ -99,12 +108,17 @@ class LlamaCppAdapter(EngineAdapter):
                 code="context_length_exceeded",
                 param=param_name,
             )
-        max_tokens = int(requested) if requested else min(default_max_tokens, ctx - prompt_tokens)  # type: ignore[call-overload]
+        budget = requested or min(default_max_tokens, ctx - prompt_tokens)
+        max_tokens = remaining_tokens(budget, continuation)
         payload: dict[str, Any] = {**params, "max_tokens": max_tokens, "stream": True}
         if prompt is not None:
-            payload["prompt"] = prompt
+            # A continuation is the same prompt with what was already generated after it.
+            payload["prompt"] = prompt + (continuation.text if continuation else "")
         else:
-            payload["messages"] = body["messages"]
+            # The engine applies this model's own template; the partial answer can only be
+            # given as an assistant turn (approximate continuation, see docs).
+            extra = [{"role": "assistant", "content": continuation.text}] if continuation else []
+            payload["messages"] = [*messages, *extra]
         return EngineCall(
             path=path,
             payload=payload,

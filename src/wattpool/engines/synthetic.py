@@ -12,8 +12,13 @@ from typing import Any
 
 import httpx
 
-from wattpool.engines.base import PASSTHROUGH_PARAMS, EngineAdapter, EngineCall
-from wattpool.protocol import InstanceSpec, RequestKind
+from wattpool.engines.base import (
+    PASSTHROUGH_PARAMS,
+    EngineAdapter,
+    EngineCall,
+    remaining_tokens,
+)
+from wattpool.protocol import Continuation, InstanceSpec, RequestKind
 
 
 class SyntheticAdapter(EngineAdapter):
@@ -44,17 +49,22 @@ class SyntheticAdapter(EngineAdapter):
         kind: RequestKind,
         body: dict[str, Any],
         default_max_tokens: int,
+        continuation: Continuation | None = None,
     ) -> EngineCall:
         params = {k: body[k] for k in PASSTHROUGH_PARAMS if body.get(k) is not None}
-        max_tokens = int(
+        requested = int(
             body.get("max_tokens") or body.get("max_completion_tokens") or default_max_tokens
         )
+        max_tokens = remaining_tokens(requested, continuation)
         payload: dict[str, Any] = {
             **params,
             "max_tokens": max_tokens,
             "stream": True,
             "stream_options": {"include_usage": True},
         }
+        if continuation is not None:
+            # Same prompt, token positions resuming where the first node stopped.
+            payload["wp_token_offset"] = continuation.tokens
         if kind == "chat":
             payload["messages"] = body["messages"]
             return EngineCall("/v1/chat/completions", payload, max_tokens)

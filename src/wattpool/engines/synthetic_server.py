@@ -111,7 +111,9 @@ class _Job:
         return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
 
 
-def plan_completion(max_tokens: int, stop: Sequence[str]) -> tuple[list[str], str]:
+def plan_completion(
+    max_tokens: int, stop: Sequence[str], offset: int = 0
+) -> tuple[list[str], str]:
     """Per-token text pieces and the finish reason.
 
     Tokens are deterministic, so the whole completion is planned up front; that lets a stop
@@ -124,7 +126,7 @@ def plan_completion(max_tokens: int, stop: Sequence[str]) -> tuple[list[str], st
     spans: list[tuple[int, int]] = []
     for k in range(max_tokens):
         start = len(text)
-        text += token_text(k)
+        text += token_text(offset + k)
         spans.append((start, len(text)))
         if not stops:
             continue
@@ -195,7 +197,14 @@ def parse_job(body: dict[str, Any], kind: Kind, context_length: int) -> _Job:
         )
         raise ApiError(400, msg, param=param, code="context_length_exceeded")
     stream = bool(body.get("stream"))
-    return _Job(kind, prompt_tokens, stream, include_usage, *plan_completion(max_tokens, stop))
+    # Continuation (a stream moved from a failed node) resumes at token position k, so the
+    # continued stream equals the uninterrupted one.
+    offset = body.get("wp_token_offset") or 0
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise ApiError(400, "'wp_token_offset' must be a non-negative integer",
+                       param="wp_token_offset")
+    pieces, finish = plan_completion(max_tokens, stop, offset)
+    return _Job(kind, prompt_tokens, stream, include_usage, pieces, finish)
 
 
 def _sse(obj: dict[str, Any] | str) -> str:

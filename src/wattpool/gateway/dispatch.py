@@ -1,27 +1,39 @@
 """Sends one request to an instance over the bus and yields its chunks.
 
-Before the first token a failed or silent instance is replaced by the next one
-the router picks (up to ``attempts``). After the first token an error ends the
-stream; moving a stream mid-way (continuation) is the fleet issue's work.
+Failover. Before the first token, a failed, silent or unreachable instance is
+replaced by the next one the router picks. After the first token the stream is
+*continued* on another instance: it gets the prompt plus the text already sent and
+generates only the rest, so the client sees one unbroken stream and every token is
+counted once. Up to ``attempts`` instances are tried per request.
+
+A node that dies sends nothing more, so while waiting for a chunk the dispatcher
+also watches the registry: a node marked unreachable (no heartbeat within the
+heartbeat timeout) ends the attempt at once rather than after the idle timeout.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import msgspec
 
-from wattpool.bus import Bus, BusTimeout
+from wattpool.bus import Bus, Msg
+from wattpool.control.registry import InstanceView
 from wattpool.control.router import Router
 from wattpool.gateway.errors import APIError
 from wattpool.protocol import (
     CancelRequest,
+    Continuation,
     InferChunk,
     InferRequest,
     RequestKind,
+    Usage,
     cancel_subject,
     decode,
     encode,
@@ -29,6 +41,11 @@ from wattpool.protocol import (
 )
 
 log = logging.getLogger(__name__)
+WATCH_PERIOD_S = 0.25
+
+
+class _AttemptFailed(Exception):
+    """This instance cannot finish the request; another one may."""
 
 
 @dataclass(slots=True)
@@ -38,6 +55,7 @@ class DispatchTrace:
     node_id: str | None = None
     instance_id: str | None = None
     attempts: list[str] = field(default_factory=list)
+    continuations: int = 0
     finished: bool = False
 
 
@@ -50,7 +68,8 @@ class Dispatcher:
         self.router = router
         self.attempts = attempts
         self.ack_timeout_s = ack_timeout_s
-        self.stream_timeout_s = max(first_token_timeout_s, idle_timeout_s)
+        self.first_token_timeout_s = first_token_timeout_s
+        self.idle_timeout_s = idle_timeout_s
         self.retry_after_s = retry_after_s
 
     def no_capacity(self, model: str, detail: str | None) -> APIError:
@@ -66,6 +85,8 @@ class Dispatcher:
         self, request_id: str, kind: RequestKind, model: str, body: dict[str, Any],
         trace: DispatchTrace,
     ) -> AsyncIterator[InferChunk]:
+        sent_text: list[str] = []
+        sent_tokens = 0
         last_failure: str | None = None
         for _ in range(self.attempts):
             inst = self.router.pick(model, exclude=trace.attempts)
@@ -73,56 +94,105 @@ class Dispatcher:
                 break
             trace.attempts.append(inst.instance_id)
             trace.node_id, trace.instance_id = inst.node_id, inst.instance_id
-            request = InferRequest(
-                request_id=request_id, instance_id=inst.instance_id, kind=kind, body=body
+            continuation = (
+                Continuation(text="".join(sent_text), tokens=sent_tokens) if sent_text else None
             )
-            self.router.acquire(inst.instance_id)
-            stream = self.bus.stream(
-                infer_subject(inst.node_id), encode(request),
-                first_timeout=self.ack_timeout_s, idle_timeout=self.stream_timeout_s,
-            )
-            sent_text = False
-            expected_seq = 0
+            if continuation is not None:
+                trace.continuations += 1
+                log.info("%s: continuing on %s after %d tokens", request_id,
+                         inst.instance_id, sent_tokens)
+            tokens_before = sent_tokens
+            request = InferRequest(request_id=request_id, instance_id=inst.instance_id,
+                                   kind=kind, body=body, continuation=continuation)
             try:
-                async for raw in stream:
-                    chunk = decode(raw, InferChunk)
-                    if chunk.seq != expected_seq:
-                        log.warning("%s: chunk %d after %d", request_id, chunk.seq,
-                                    expected_seq - 1)
-                    expected_seq = chunk.seq + 1
-                    if chunk.kind == "ack":
-                        continue
-                    if chunk.kind == "error" and chunk.retriable and not sent_text:
-                        last_failure = chunk.error_message
-                        log.info("%s: %s failed before first token (%s); retrying",
-                                 request_id, inst.instance_id, chunk.error_message)
-                        break
-                    sent_text = sent_text or chunk.kind == "delta"
-                    yield chunk
+                async for chunk in self._attempt(inst, request):
+                    if chunk.kind == "delta":
+                        sent_text.append(chunk.text)
+                        sent_tokens += chunk.tokens or 1
+                    elif chunk.kind == "final" and chunk.usage is not None:
+                        # The node counted its own call; add what earlier nodes sent.
+                        chunk.usage = Usage(
+                            prompt_tokens=chunk.usage.prompt_tokens,
+                            completion_tokens=tokens_before + chunk.usage.completion_tokens,
+                        )
                     if chunk.kind in ("final", "error"):
                         trace.finished = True
+                    yield chunk
+                    if trace.finished:
                         return
-            except BusTimeout as exc:
-                if sent_text:
-                    trace.finished = True
-                    yield InferChunk(
-                        request_id=request_id, seq=expected_seq, kind="error", status=504,
-                        error_message=f"the node went silent mid-stream: {exc}",
-                        error_type="server_error",
-                    )
-                    return
+            except _AttemptFailed as exc:
                 last_failure = str(exc)
-                log.info("%s: %s timed out (%s); retrying", request_id, inst.instance_id, exc)
-            finally:
-                self.router.release(inst.instance_id)
-                await stream.aclose()
-                if not trace.finished:
-                    # Client gone, node silent or failed: make sure the engine stops.
-                    with anyio.CancelScope(shield=True):
-                        await self.bus.publish(
-                            cancel_subject(inst.node_id),
-                            encode(CancelRequest(request_id=request_id)),
-                        )
-            if sent_text:
-                return
+                log.info("%s: %s failed (%s)", request_id, inst.instance_id, exc)
+        if sent_text:
+            trace.finished = True
+            yield InferChunk(
+                request_id=request_id, seq=0, kind="error", status=503,
+                error_type="server_error", error_code="no_capacity",
+                error_message=f"the stream was interrupted and no instance could continue it "
+                              f"({last_failure})",
+            )
+            return
         raise self.no_capacity(model, last_failure)
+
+    async def _attempt(
+        self, inst: InstanceView, request: InferRequest
+    ) -> AsyncIterator[InferChunk]:
+        """Chunks of one instance's answer; raises _AttemptFailed when it cannot finish."""
+        queue: asyncio.Queue[bytes] = asyncio.Queue()
+
+        async def on_reply(msg: Msg) -> None:
+            queue.put_nowait(msg.data)
+
+        inbox = self.bus.new_inbox()
+        sub = await self.bus.subscribe(inbox, on_reply)
+        self.router.acquire(inst.instance_id)
+        finished = False
+        try:
+            await self.bus.publish(infer_subject(inst.node_id), encode(request), reply=inbox)
+            acked = False
+            expected_seq = 0
+            last_heard = time.monotonic()
+            while True:
+                if not acked:
+                    limit = self.ack_timeout_s
+                elif expected_seq <= 1:
+                    limit = self.first_token_timeout_s
+                else:
+                    limit = self.idle_timeout_s
+                try:
+                    raw = await asyncio.wait_for(queue.get(), WATCH_PERIOD_S)
+                except TimeoutError:
+                    if not self.router.node_reachable(inst.node_id):
+                        raise _AttemptFailed(f"node {inst.node_id} unreachable") from None
+                    if time.monotonic() - last_heard > limit:
+                        what = "accept the request" if not acked else "send the next chunk"
+                        raise _AttemptFailed(
+                            f"node {inst.node_id} did not {what} within {limit:.1f}s"
+                        ) from None
+                    continue
+                last_heard = time.monotonic()
+                try:
+                    chunk = decode(raw, InferChunk)
+                except msgspec.DecodeError as exc:
+                    raise _AttemptFailed(f"malformed chunk: {exc}") from None
+                if chunk.seq != expected_seq:
+                    raise _AttemptFailed(f"chunk {chunk.seq} arrived, {expected_seq} expected")
+                expected_seq += 1
+                if chunk.kind == "ack":
+                    acked = True
+                    continue
+                if chunk.kind == "error" and chunk.retriable:
+                    raise _AttemptFailed(chunk.error_message or "node error")
+                if chunk.kind in ("final", "error"):
+                    finished = True
+                yield chunk
+                if finished:
+                    return
+        finally:
+            self.router.release(inst.instance_id)
+            with anyio.CancelScope(shield=True):
+                await sub.unsubscribe()
+                if not finished:
+                    # Client gone, node failed or silent: make sure the engine stops.
+                    await self.bus.publish(cancel_subject(inst.node_id),
+                                           encode(CancelRequest(request_id=request.request_id)))

@@ -55,7 +55,8 @@ class _Reply:
     ) -> None:
         await self.send(
             kind="error", status=status, error_message=message, error_type=error_type,
-            error_code=code, error_param=param, retriable=retriable and not self.sent_text,
+            # After text, "retriable" means the gateway may continue the stream elsewhere.
+            error_code=code, error_param=param, retriable=retriable,
         )
 
 
@@ -151,7 +152,8 @@ class InferBridge:
     ) -> None:
         try:
             call = await inst.adapter.build_call(
-                client, inst.spec, req.kind, req.body, self.default_max_tokens
+                client, inst.spec, req.kind, req.body, self.default_max_tokens,
+                req.continuation,
             )
         except EngineRequestError as exc:
             await reply.error(
@@ -190,7 +192,9 @@ class InferBridge:
                     text = (delta or {}).get("content") if delta is not None else choice.get("text")
                     if text:
                         text_parts.append(text)
-                        await reply.send(kind="delta", text=text)
+                        # An engine stream event carries one sampled token (llama.cpp may
+                        # merge a few while it completes a UTF-8 character).
+                        await reply.send(kind="delta", text=text, tokens=1)
                     if choice.get("finish_reason"):
                         finish_reason = choice["finish_reason"]
         full_text = "".join(text_parts)

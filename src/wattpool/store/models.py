@@ -78,6 +78,10 @@ class Node(Base):
     hardware: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     state: Mapped[str] = mapped_column(String(32))  # "ready" | "unreachable"
     last_seen: Mapped[datetime | None]
+    # Set for nodes that joined a site with a token (remote nodes); None for the local node.
+    site_id: Mapped[str | None] = mapped_column(ForeignKey("sites.id"), default=None)
+    # The node's NATS nkey public key; its secret seed never leaves the node.
+    public_key: Mapped[str | None] = mapped_column(String(64), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -142,3 +146,28 @@ class UsageEntry(Base):
     status: Mapped[str] = mapped_column(String(32))  # "ok" | "error" | "cancelled"
     http_status: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class Site(Base):
+    """A place with power and GPUs, run by an operator; nodes join a site."""
+
+    __tablename__ = "sites"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    region: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class JoinToken(Base):
+    """A one-time enrollment token; only its sha256 is stored."""
+
+    __tablename__ = "join_tokens"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    site_id: Mapped[str] = mapped_column(ForeignKey("sites.id"))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None] = mapped_column(default=None)
+    used_by_node: Mapped[str | None] = mapped_column(String(64), default=None)

@@ -30,6 +30,8 @@ class NodeRow:
     state: str
     last_seen: datetime | None
     created_at: datetime
+    site_id: str | None = None
+    public_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +86,8 @@ class UsageRecord:
 
 
 def _node_row(n: Node) -> NodeRow:
-    return NodeRow(n.id, n.name, dict(n.hardware or {}), n.state, n.last_seen, n.created_at)
+    return NodeRow(n.id, n.name, dict(n.hardware or {}), n.state, n.last_seen, n.created_at,
+                   n.site_id, n.public_key)
 
 
 def upsert_node(
@@ -94,7 +97,11 @@ def upsert_node(
     hardware: dict[str, Any],
     state: str,
     last_seen: datetime | None,
+    *,
+    site_id: str | None = None,
+    public_key: str | None = None,
 ) -> NodeRow:
+    """Create or update a node; site_id and public_key are only ever set, never cleared."""
     with Session(engine) as s, s.begin():
         node = s.get(Node, node_id)
         if node is None:
@@ -104,6 +111,10 @@ def upsert_node(
         node.hardware = hardware
         node.state = state
         node.last_seen = last_seen
+        if site_id is not None:
+            node.site_id = site_id
+        if public_key is not None:
+            node.public_key = public_key
         s.flush()
         return _node_row(node)
 

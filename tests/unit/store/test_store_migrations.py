@@ -24,7 +24,8 @@ from wattpool.store import (
 from wattpool.store import db as store_db
 from wattpool.store.models import Base
 
-TABLES = {"nodes", "models", "deployments", "instances", "usage_records"}
+TABLES = {"nodes", "models", "deployments", "instances", "usage_records", "sites", "join_tokens"}
+HEAD = "0002"
 
 
 def _tables(engine: Engine) -> set[str]:
@@ -33,7 +34,7 @@ def _tables(engine: Engine) -> set[str]:
 
 def test_migrate_creates_all_tables(sqlite_engine: Engine) -> None:
     assert _tables(sqlite_engine) == TABLES
-    assert current_revision(sqlite_engine) == "0001"
+    assert current_revision(sqlite_engine) == HEAD
     indexes = {ix["name"] for ix in inspect(sqlite_engine).get_indexes("usage_records")}
     assert "ix_usage_records_created_at" in indexes
 
@@ -42,7 +43,7 @@ def test_migrate_is_idempotent_and_keeps_data(sqlite_engine: Engine) -> None:
     upsert_node(sqlite_engine, "node_1", "a", {}, "ready", None)
     migrate(sqlite_engine)
     migrate(sqlite_engine)
-    assert current_revision(sqlite_engine) == "0001"
+    assert current_revision(sqlite_engine) == HEAD
     assert [n.id for n in list_nodes(sqlite_engine)] == ["node_1"]
 
 
@@ -52,7 +53,7 @@ def test_downgrade_to_base_then_upgrade(sqlite_engine: Engine) -> None:
     assert current_revision(sqlite_engine) is None
     migrate(sqlite_engine)
     assert _tables(sqlite_engine) == TABLES
-    assert current_revision(sqlite_engine) == "0001"
+    assert current_revision(sqlite_engine) == HEAD
 
 
 def test_migration_matches_models(sqlite_engine: Engine) -> None:
@@ -101,7 +102,7 @@ def test_cli_current_and_upgrade(tmp_path: Path, capsys: pytest.CaptureFixture[s
     url = f"sqlite:///{tmp_path / 'cli.db'}"
     migrate_cli.main(["upgrade", "--url", url])
     migrate_cli.main(["current", "--url", url])
-    assert capsys.readouterr().out.strip() == "0001"
+    assert capsys.readouterr().out.strip() == HEAD
 
 
 def test_cli_autogenerate_finds_no_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -111,8 +112,8 @@ def test_cli_autogenerate_finds_no_changes(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setattr(store_db, "MIGRATIONS_DIR", copy)
     monkeypatch.setattr(migrate_cli, "MIGRATIONS_DIR", copy)
     migrate_cli.main(["revision", "-m", "no changes", "--autogenerate"])
-    new = copy / "versions" / "0002_no_changes.py"
+    new = copy / "versions" / "0003_no_changes.py"
     text = new.read_text()
-    assert "down_revision: str | None = '0001'" in text
+    assert "down_revision: str | None = '0002'" in text
     assert "op.create_table" not in text and "op.add_column" not in text
     compile(text, str(new), "exec")
