@@ -96,6 +96,7 @@ class JoinRequest(Message, kw_only=True):
     token: str | None = None  # one-time join token (secret part), for a first join
     node_id: str | None = None  # set when a node that joined before comes back
     public_key: str | None = None  # the node's NATS nkey; its seed stays on the node
+    engines: list[str] = []  # engines this node may run; empty means any
 
 
 class JoinReply(Message, kw_only=True):
@@ -115,6 +116,7 @@ class Heartbeat(Message, kw_only=True):
     node_id: str
     seq: int
     name: str = ""
+    engines: list[str] = []  # engines this node may run; empty means any
     hardware: Hardware
     instances: list[InstanceStatus] = []
     in_flight: int = 0

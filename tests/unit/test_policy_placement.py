@@ -241,3 +241,21 @@ def test_duplicate_current_replicas_on_one_node_are_not_kept() -> None:
     plan = plan_placement(deployments, nodes, current, ids())
     check_invariants(plan, deployments, nodes)
     assert nodes_of(plan, "d") == ["a", "b"]
+
+
+def test_nodes_that_restrict_engines_get_only_those() -> None:
+    deployments = [
+        DeploymentSpec("syn", "synthetic", 2, 2**20, engine="synthetic"),
+        DeploymentSpec("llm", "gemma", 1, 2**20, engine="llamacpp"),
+    ]
+    nodes = [
+        NodeCapacity("s1", True, 2**30, frozenset({"synthetic"})),
+        NodeCapacity("s2", True, 2**30, frozenset({"synthetic"})),
+        NodeCapacity("l1", True, 2**29, frozenset({"llamacpp"})),
+    ]
+    plan = plan_placement(deployments, nodes, [], ids())
+    where = sorted((p.deployment_id, p.node_id) for p in plan.placements)
+    assert where == [("llm", "l1"), ("syn", "s1"), ("syn", "s2")]
+    alone = plan_placement(deployments[1:], nodes[:2], [], ids())
+    assert alone.placements == []
+    assert "that runs llamacpp" in alone.unplaced["llm"]

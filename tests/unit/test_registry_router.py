@@ -137,12 +137,14 @@ def test_restarts_and_errors_count_as_changes(fleet: Fleet) -> None:
     assert (view.state, view.error) == ("failed", "engine exited")
 
 
-def test_heartbeat_ignores_instances_not_desired_on_that_node(fleet: Fleet) -> None:
-    # n2 reports i1, which belongs to n1, and an instance nobody asked for.
-    changed = fleet.beat("n2", ("i1", "ready", 0), ("stray", "ready", 0))
-    assert changed == []
+def test_heartbeat_ignores_other_nodes_instances_and_learns_new_ones(fleet: Fleet) -> None:
+    # n2 reports i1, which belongs to n1 (ignored), and an instance this registry has not
+    # seen: a replica that is not the leader learns the fleet from heartbeats alone.
+    changed = fleet.beat("n2", ("i1", "ready", 0), ("learned", "ready", 0))
+    assert [v.instance_id for v in changed] == ["learned"]
     assert fleet.registry.instances["i1"].state == "scheduled"
-    assert "stray" not in fleet.registry.instances
+    learned = fleet.registry.instances["learned"]
+    assert (learned.node_id, learned.state) == ("n2", "ready")
 
 
 def test_heartbeat_updates_node_hardware_and_last_seen(fleet: Fleet) -> None:

@@ -20,6 +20,8 @@ class NodeView:
     hardware: Hardware
     last_seen: float  # clock.monotonic()
     reachable: bool = True
+    engines: tuple[str, ...] = ()  # engines the node runs; empty means any
+    unreachable_since: float | None = None
 
 
 @dataclass(slots=True)
@@ -49,22 +51,38 @@ class Registry:
     # model_id -> context length, for every deployed model (what /v1/models lists)
     models: dict[str, int] = field(default_factory=dict)
 
-    def add_node(self, node_id: str, name: str, hardware: Hardware) -> NodeView:
-        view = NodeView(node_id, name, hardware, self.clock.monotonic())
+    def add_node(
+        self, node_id: str, name: str, hardware: Hardware, engines: tuple[str, ...] = ()
+    ) -> NodeView:
+        view = NodeView(node_id, name, hardware, self.clock.monotonic(), engines=engines)
         self.nodes[node_id] = view
         return view
 
     def record_heartbeat(self, beat: Heartbeat) -> list[InstanceView]:
-        """Apply a heartbeat; returns the instances whose reported state changed."""
-        node = self.nodes[beat.node_id]
+        """Apply a heartbeat; returns the instances whose reported state changed.
+
+        A node or instance not seen before is added: every replica builds its view
+        from heartbeats alone, so a replica that just started routes within one period.
+        """
+        node = self.nodes.get(beat.node_id)
+        if node is None:
+            node = self.add_node(beat.node_id, beat.name or beat.node_id, beat.hardware)
         node.hardware = beat.hardware
+        node.engines = tuple(beat.engines)
         node.last_seen = self.clock.monotonic()
         node.reachable = True
+        node.unreachable_since = None
         changed = []
         for status in beat.instances:
             view = self.instances.get(status.instance_id)
-            if view is None or view.node_id != beat.node_id:
-                continue  # not (or no longer) desired here; the reply will stop it
+            if view is None:
+                spec = InstanceSpec(instance_id=status.instance_id, model_id=status.model_id,
+                                    engine="", source="",
+                                    context_length=status.context_length)
+                view = InstanceView(spec=spec, node_id=beat.node_id)
+                self.instances[status.instance_id] = view
+            if view.node_id != beat.node_id:
+                continue
             if (status.state, status.restarts, status.error) != (
                 view.state, view.restarts, view.error
             ):
@@ -89,6 +107,7 @@ class Registry:
         for node in self.nodes.values():
             if node.reachable and now - node.last_seen > self.heartbeat_timeout_s:
                 node.reachable = False
+                node.unreachable_since = now
                 lost.append(node)
         return lost
 

@@ -1,7 +1,9 @@
 """The control plane service: join, heartbeats, liveness and placement.
 
-Everything that reaches SQL goes through ``_persist`` on a worker thread, so a slow
-database never delays a heartbeat reply or a routing decision.
+Every replica keeps a live registry from heartbeats (for its router). The leader
+(see leader.py) also answers joins and heartbeats, places instances, and writes
+fleet state. Everything that reaches SQL runs on a worker thread, in order, so a
+slow database never delays a heartbeat reply or a routing decision.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from sqlalchemy.engine import Engine
 
 from wattpool.bus import Bus, Msg, Subscription
 from wattpool.clock import Clock
+from wattpool.control.leader import Leadership
 from wattpool.control.registry import InstanceView, Registry
 from wattpool.control.router import Router
 from wattpool.policy.placement import DeploymentSpec, NodeCapacity, Placement, plan_placement
@@ -34,12 +37,13 @@ from wattpool.protocol import (
     decode,
     encode,
 )
-from wattpool.store import repo
+from wattpool.store import fleet, repo
 
 log = logging.getLogger(__name__)
-QUEUE_GROUP = "control"
 # last_seen is for people reading `wattpool status`; routing uses the in-memory view.
 LAST_SEEN_WRITE_PERIOD_S = 10.0
+# Issues a NATS user JWT for (node_id, public_key); None without NATS auth.
+CredentialIssuer = Callable[[str, str], str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +64,10 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:12]}"
 
 
+class JoinRefused(Exception):
+    pass
+
+
 class ControlPlane:
     def __init__(
         self,
@@ -71,6 +79,10 @@ class ControlPlane:
         heartbeat_interval_s: float,
         heartbeat_timeout_s: float,
         reconcile_interval_s: float,
+        replace_grace_s: float = 0.0,
+        leadership: Leadership | None = None,
+        trust_joins: bool = True,
+        issue_credentials: CredentialIssuer | None = None,
     ) -> None:
         self.bus = bus
         self.db = db
@@ -78,23 +90,32 @@ class ControlPlane:
         self.deployments = {d.deployment_id: d for d in deployments}
         self.heartbeat_interval_s = heartbeat_interval_s
         self.reconcile_interval_s = reconcile_interval_s
+        self.replace_grace_s = replace_grace_s
+        self.leadership = leadership or Leadership()
+        self.leadership.on_change = self._leadership_changed
+        self.trust_joins = trust_joins
+        self.issue_credentials = issue_credentials
         self.registry = Registry(clock=clock, heartbeat_timeout_s=heartbeat_timeout_s)
         for d in deployments:
             self.registry.models[d.model_id] = d.context_length
         self.router = Router(self.registry)
         self._placements: dict[str, Placement] = {}
+        self._specs: dict[str, InstanceSpec] = {}
         self._subs: list[Subscription] = []
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: list[asyncio.Task[Any]] = []
         self._writes: set[asyncio.Task[Any]] = set()
 
+    @property
+    def is_leader(self) -> bool:
+        return self.leadership.is_leader
+
     async def start(self) -> None:
-        await asyncio.to_thread(self._persist_deployments)
-        self._subs.append(await self.bus.subscribe(JOIN, self._on_join, queue=QUEUE_GROUP))
-        self._subs.append(
-            await self.bus.subscribe(HEARTBEAT_ALL, self._on_heartbeat, queue=QUEUE_GROUP)
-        )
-        loop = asyncio.get_running_loop()
-        self._tasks.append(loop.create_task(self._background()))
+        self._subs.append(await self.bus.subscribe(JOIN, self._on_join))
+        self._subs.append(await self.bus.subscribe(HEARTBEAT_ALL, self._on_heartbeat))
+        await self.leadership.start()
+        if self.is_leader:
+            await self._take_over()  # before any join, so old placements are adopted first
+        self._tasks.append(asyncio.get_running_loop().create_task(self._background()))
 
     async def stop(self) -> None:
         for sub in self._subs:
@@ -105,70 +126,138 @@ class ControlPlane:
                 await task
         if self._writes:
             await asyncio.gather(*self._writes, return_exceptions=True)
+        await self.leadership.stop()
+
+    def _leadership_changed(self, leader: bool) -> None:
+        if leader:
+            self._tasks.append(asyncio.get_running_loop().create_task(self._take_over()))
+
+    async def _take_over(self) -> None:
+        """New leader: write the deployments, adopt the placements already in the store."""
+        await asyncio.to_thread(self._persist_deployments)
+        rows = await asyncio.to_thread(repo.list_instances, self.db)
+        for row in rows:
+            dep = self.deployments.get(row.deployment_id or "")
+            if dep is None or row.state == "stopped" or row.node_id is None:
+                continue
+            self._placements[row.id] = Placement(row.id, dep.deployment_id, dep.model_id,
+                                                 row.node_id)
+            self._specs[row.id] = self._spec_for(row.id, dep)
+        log.info("leader: adopted %d placement(s) from the store", len(self._placements))
+        self.reconcile()
 
     # --- bus handlers ----------------------------------------------------------
 
     async def _on_join(self, msg: Msg) -> None:
+        if not self.is_leader:
+            return  # the leader answers; a node retries until there is one
         try:
             req = decode(msg.data, JoinRequest)
+            reply = await self._join(req)
         except msgspec.DecodeError as exc:
             reply = JoinReply(accepted=False, error=f"malformed join request: {exc}")
-        else:
-            # The in-process pool trusts its local node; token checks come with NATS.
-            node_id = req.node_id or new_id("node")
-            self.registry.add_node(node_id, req.name, req.hardware)
-            self._persist(
-                repo.upsert_node, self.db, node_id, req.name,
-                msgspec.to_builtins(req.hardware), "ready", datetime.now(UTC),
-            )
-            reply = JoinReply(
-                accepted=True, node_id=node_id, heartbeat_interval_s=self.heartbeat_interval_s
-            )
-            self.reconcile()
+        except (JoinRefused, fleet.FleetError) as exc:
+            reply = JoinReply(accepted=False, error=str(exc))
         if msg.reply:
             await self.bus.publish(msg.reply, encode(reply))
 
-    async def _on_heartbeat(self, msg: Msg) -> None:
-        beat = decode(msg.data, Heartbeat)
-        if beat.node_id not in self.registry.nodes:
-            reply = DesiredState(node_id=beat.node_id, known=False)
+    async def _join(self, req: JoinRequest) -> JoinReply:
+        site_id: str | None = None
+        site_name: str | None = None
+        if req.node_id and (req.node_id in self.registry.nodes or not self.trust_joins):
+            known = {n.id: n for n in await asyncio.to_thread(repo.list_nodes, self.db)}
+            row = known.get(req.node_id)
+            if row is None and not self.trust_joins:
+                raise JoinRefused(f"unknown node {req.node_id}; join with a new token")
+            if row is not None and row.public_key and row.public_key != req.public_key:
+                raise JoinRefused("this node id belongs to another key")
+            node_id = req.node_id
+        elif self.trust_joins:
+            node_id = req.node_id or new_id("node")
+        elif req.token:
+            node_id = new_id("node")
+            site = await asyncio.to_thread(fleet.consume_join_token, self.db, req.token, node_id)
+            site_id, site_name = site.id, site.name
         else:
-            node = self.registry.nodes[beat.node_id]
-            came_back = not node.reachable
-            for view in self.registry.record_heartbeat(beat):
-                self._persist_instance(view)
-            if came_back:
-                log.info("node %s is reachable again", beat.node_id)
-                self._persist(repo.set_node_state, self.db, beat.node_id, "ready")
-            reply = DesiredState(
-                node_id=beat.node_id, instances=self.registry.desired_for(beat.node_id)
-            )
+            raise JoinRefused("a join token is required: wattpool tokens create --site NAME")
+        self.registry.add_node(node_id, req.name, req.hardware, tuple(req.engines))
+        await asyncio.to_thread(
+            repo.upsert_node, self.db, node_id, req.name, msgspec.to_builtins(req.hardware),
+            "ready", datetime.now(UTC), site_id=site_id, public_key=req.public_key,
+        )
+        user_jwt = None
+        if self.issue_credentials is not None and req.public_key:
+            user_jwt = self.issue_credentials(node_id, req.public_key)
+        log.info("node %s (%s) joined%s", node_id, req.name,
+                 f" site {site_name}" if site_name else "")
+        self.reconcile()
+        return JoinReply(accepted=True, node_id=node_id, site=site_name, user_jwt=user_jwt,
+                         heartbeat_interval_s=self.heartbeat_interval_s)
+
+    async def _on_heartbeat(self, msg: Msg) -> None:
+        try:
+            beat = decode(msg.data, Heartbeat)
+        except msgspec.DecodeError:
+            log.warning("malformed heartbeat on %s dropped", msg.subject)
+            return
+        if msg.subject.rsplit(".", 1)[-1] != beat.node_id:
+            log.warning("heartbeat for %s on %s dropped", beat.node_id, msg.subject)
+            return
+        is_new = beat.node_id not in self.registry.nodes
+        came_back = not is_new and not self.registry.nodes[beat.node_id].reachable
+        changed = self.registry.record_heartbeat(beat)
+        if not self.is_leader:
+            return
+        if is_new or came_back:
+            log.info("node %s is %s", beat.node_id, "reachable again" if came_back else "here")
+            self._persist(repo.upsert_node, self.db, beat.node_id, beat.name or beat.node_id,
+                          msgspec.to_builtins(beat.hardware), "ready", datetime.now(UTC))
+        for view in changed:
+            self._persist_instance(view)
         if msg.reply:
+            reply = DesiredState(node_id=beat.node_id, instances=self._desired_for(beat.node_id))
             await self.bus.publish(msg.reply, encode(reply))
+
+    def _desired_for(self, node_id: str) -> list[InstanceSpec]:
+        return [self._specs[i] for i, p in self._placements.items() if p.node_id == node_id]
 
     # --- background ------------------------------------------------------------
 
     async def _background(self) -> None:
         last_seen_written = self.clock.monotonic()
         while True:
-            await asyncio.sleep(min(self.reconcile_interval_s, self.heartbeat_interval_s))
+            await asyncio.sleep(min(self.reconcile_interval_s, self.heartbeat_interval_s) / 2)
+            lost = self.registry.mark_unreachable()
+            if not self.is_leader:
+                continue
+            for node in lost:
+                log.warning("node %s stopped heartbeating; out of routing", node.node_id)
+                self._persist(repo.set_node_state, self.db, node.node_id, "unreachable")
             if self.clock.monotonic() - last_seen_written >= LAST_SEEN_WRITE_PERIOD_S:
                 last_seen_written = self.clock.monotonic()
                 self._persist(self._write_last_seen)
-            for node in self.registry.mark_unreachable():
-                log.warning("node %s stopped heartbeating; out of routing", node.node_id)
-                self._persist(repo.set_node_state, self.db, node.node_id, "unreachable")
             self.reconcile()
+
+    def _placeable(self, node_id: str) -> bool:
+        """Live for placement: reachable, or lost for less than the grace period."""
+        node = self.registry.nodes[node_id]
+        if node.reachable:
+            return True
+        since = node.unreachable_since or self.clock.monotonic()
+        return self.clock.monotonic() - since < self.replace_grace_s
 
     def reconcile(self) -> None:
         """Make the desired instances match the deployments (pure policy decides)."""
+        if not self.is_leader:
+            return
         specs = [
-            DeploymentSpec(d.deployment_id, d.model_id, d.replicas, d.memory_bytes)
+            DeploymentSpec(d.deployment_id, d.model_id, d.replicas, d.memory_bytes, d.engine)
             for d in self.deployments.values()
         ]
         nodes = [
-            NodeCapacity(n.node_id, n.reachable, n.hardware.accelerator_memory
-                         + self._memory_in_use(n.node_id))
+            NodeCapacity(n.node_id, self._placeable(n.node_id),
+                         n.hardware.accelerator_memory + self._memory_in_use(n.node_id),
+                         frozenset(n.engines))
             for n in self.registry.nodes.values()
         ]
         plan = plan_placement(
@@ -176,25 +265,31 @@ class ControlPlane:
         )
         wanted = {p.instance_id: p for p in plan.placements}
         for instance_id in set(self._placements) - set(wanted):
+            self._specs.pop(instance_id, None)
             view = self.registry.instances.pop(instance_id, None)
             if view is not None:
                 view.state = "stopped"
-                self._persist_instance(view)
+                self._persist_instance(view, self._placements[instance_id].deployment_id)
+                log.info("unplaced %s from %s", instance_id, view.node_id)
         for instance_id, p in wanted.items():
             if instance_id in self._placements:
                 continue
             dep = self.deployments[p.deployment_id]
-            spec = InstanceSpec(
-                instance_id=instance_id, model_id=dep.model_id, engine=dep.engine,
-                source=dep.source, context_length=dep.context_length, args=dict(dep.args),
-            )
-            view = InstanceView(spec=spec, node_id=p.node_id)
+            self._specs[instance_id] = self._spec_for(instance_id, dep)
+            view = InstanceView(spec=self._specs[instance_id], node_id=p.node_id)
             self.registry.instances[instance_id] = view
             log.info("placed %s (%s) on %s", instance_id, dep.model_id, p.node_id)
             self._persist_instance(view, p.deployment_id)
         self._placements = wanted
         for dep_id, why in plan.unplaced.items():
             log.debug("deployment %s not fully placed: %s", dep_id, why)
+
+    @staticmethod
+    def _spec_for(instance_id: str, dep: Deployment) -> InstanceSpec:
+        return InstanceSpec(
+            instance_id=instance_id, model_id=dep.model_id, engine=dep.engine,
+            source=dep.source, context_length=dep.context_length, args=dict(dep.args),
+        )
 
     def _memory_in_use(self, node_id: str) -> int:
         """Memory our own instances on the node already hold (the probe sees it as used)."""
@@ -216,11 +311,11 @@ class ControlPlane:
     def record_shutdown(self) -> None:
         """Blocking: mark every instance stopped and every node offline (pool shutdown)."""
         for view in self.registry.instances.values():
+            placement = self._placements.get(view.instance_id)
             repo.upsert_instance(
                 self.db, view.instance_id, view.model_id, view.node_id, "stopped",
                 restarts=view.restarts, error=None,
-                deployment_id=self._placements[view.instance_id].deployment_id
-                if view.instance_id in self._placements else None,
+                deployment_id=placement.deployment_id if placement else None,
             )
         for node in self.registry.nodes.values():
             repo.set_node_state(self.db, node.node_id, "offline")

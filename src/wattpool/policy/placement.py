@@ -19,6 +19,7 @@ class DeploymentSpec:
     model_id: str
     replicas: int
     memory_bytes: int  # what one instance needs
+    engine: str = ""  # engine the instance runs on; nodes may restrict which they run
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +27,7 @@ class NodeCapacity:
     node_id: str
     live: bool
     memory_bytes: int  # memory available for models (GPU memory, else RAM)
+    engines: frozenset[str] = frozenset()  # engines the node runs; empty means any
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +52,11 @@ def plan_placement(
     new_instance_id: Callable[[], str],
 ) -> PlacementPlan:
     live = {n.node_id: n for n in nodes if n.live}
+
+    def runs(node_id: str, engine: str) -> bool:
+        allowed = live[node_id].engines
+        return not allowed or not engine or engine in allowed
+
     free = {n.node_id: n.memory_bytes for n in live.values()}
     by_id = {d.deployment_id: d for d in deployments}
     kept: list[Placement] = []
@@ -75,11 +82,13 @@ def plan_placement(
                 node_id
                 for node_id, mem in free.items()
                 if node_id not in used_nodes and mem >= dep.memory_bytes
+                and runs(node_id, dep.engine)
             ]
             if not fits:
                 unplaced[dep.deployment_id] = (
                     f"{dep.replicas - len(placed)} replica(s) need a live node with "
                     f"{dep.memory_bytes / 2**30:.1f} GiB free"
+                    + (f" that runs {dep.engine}" if dep.engine else "")
                 )
                 break
             node_id = max(fits, key=lambda n: (free[n], n))
