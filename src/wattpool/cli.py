@@ -229,5 +229,19 @@ def version() -> None:
     console.print(__version__)
 
 
+
+def _register_fleet_commands() -> None:
+    from wattpool import cli_fleet
+
+    app.command("server")(cli_fleet.server)
+    app.add_typer(cli_fleet.node_app, name="node")
+    app.add_typer(cli_fleet.sites_app, name="sites")
+    app.add_typer(cli_fleet.tokens_app, name="tokens")
+    app.add_typer(cli_fleet.nats_app, name="nats")
+
+
+_register_fleet_commands()
+
+
 if __name__ == "__main__":
     app()

@@ -70,6 +70,23 @@ class Settings(BaseSettings):
         10.0, gt=0, description="A node silent this long leaves routing."
     )
     reconcile_interval_s: float = Field(2.0, gt=0, description="Placement reconciler period.")
+    replace_grace_s: float = Field(
+        30.0, ge=0, description="How long a lost node keeps its instances before re-placement."
+    )
+    nats_url: str | None = Field(
+        None, description="NATS server(s) of the fleet bus, e.g. nats://127.0.0.1:4222."
+    )
+    nats_creds: Path | None = Field(
+        None, description="NATS credentials file of the server (default <data_dir>/nats/"
+        "service.creds when it exists)."
+    )
+    nats_authority: Path | None = Field(
+        None, description="Secret key file that issues NATS credentials to nodes (default "
+        "<data_dir>/nats/authority.json when it exists)."
+    )
+    node_engines: str | None = Field(
+        None, description="Engines a joined node may run, comma-separated (default any)."
+    )
 
     # --- the local node and its engine ------------------------------------
     model: str = Field(
@@ -109,3 +126,10 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{self.data_dir / 'wattpool.db'}"
+
+    def nats_file(self, explicit: Path | None, name: str) -> Path | None:
+        """An explicit NATS file, else <data_dir>/nats/<name> if it exists."""
+        if explicit is not None:
+            return explicit
+        default = self.data_dir / "nats" / name
+        return default if default.exists() else None

@@ -17,6 +17,7 @@ from pathlib import Path
 import uvicorn
 from sqlalchemy.engine import Engine
 
+from wattpool.bus import Bus
 from wattpool.bus.local import LocalBus
 from wattpool.clock import SystemClock
 from wattpool.config import Settings
@@ -82,6 +83,25 @@ class _Server(uvicorn.Server):
         yield
 
 
+def build_gateway(
+    s: Settings, bus: Bus, control: ControlPlane, usage: UsageWriter, metrics: GatewayMetrics
+) -> _Server:
+    """The gateway (FastAPI on uvicorn) over a control plane's router."""
+    dispatcher = Dispatcher(
+        bus, control.router, attempts=s.dispatch_attempts,
+        ack_timeout_s=s.ack_timeout_s, first_token_timeout_s=s.first_token_timeout_s,
+        idle_timeout_s=s.idle_timeout_s, retry_after_s=s.retry_after_s,
+    )
+    app = create_app(GatewayContext(
+        router=control.router, dispatcher=dispatcher, usage=usage,
+        metrics=metrics, max_body_bytes=s.max_body_bytes,
+    ))
+    return _Server(uvicorn.Config(
+        app, host=s.host, port=s.port, log_level="warning", access_log=False,
+        lifespan="off", timeout_graceful_shutdown=5,
+    ))
+
+
 class Pool:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -118,19 +138,7 @@ class Pool:
             buffer_size=s.usage_buffer_size,
         )
         await self.usage.start()
-        dispatcher = Dispatcher(
-            self.bus, self.control.router, attempts=s.dispatch_attempts,
-            ack_timeout_s=s.ack_timeout_s, first_token_timeout_s=s.first_token_timeout_s,
-            idle_timeout_s=s.idle_timeout_s, retry_after_s=s.retry_after_s,
-        )
-        app = create_app(GatewayContext(
-            router=self.control.router, dispatcher=dispatcher, usage=self.usage,
-            metrics=self.metrics, max_body_bytes=s.max_body_bytes,
-        ))
-        self.server = _Server(uvicorn.Config(
-            app, host=s.host, port=s.port, log_level="warning", access_log=False,
-            lifespan="off", timeout_graceful_shutdown=5,
-        ))
+        self.server = build_gateway(s, self.bus, self.control, self.usage, self.metrics)
         self.agent = NodeAgent(
             self.bus, s.data_dir, name=s.node_name, threads=s.engine_threads,
             heartbeat_interval_s=s.heartbeat_interval_s,

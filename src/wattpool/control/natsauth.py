@@ -23,7 +23,7 @@ import secrets
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,7 @@ _ROLE_PREFIXES = {PREFIX_OPERATOR, PREFIX_ACCOUNT, PREFIX_USER}
 
 AUTHORITY_FILE_VERSION = 1
 DEFAULT_RESPONSE_TTL_S = 3600.0
-_TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _JWT_HEADER = {"typ": "JWT", "alg": "ed25519-nkey"}
 
 
@@ -63,7 +63,7 @@ def _b32(data: bytes) -> str:
 
 
 def _unb32(text: str) -> bytes:
-    return base64.b32decode(text + "=" * (-len(text) % 8))
+    return base64.b32decode(text + "=" * (-len(text) % 8))  # nkeys drop the padding
 
 
 def encode_seed(raw: bytes, prefix: int) -> str:
@@ -200,7 +200,7 @@ def creds_text(jwt: str, seed: str) -> str:
 
 def _check_token(token: str, what: str) -> str:
     # A node id or inbox token becomes one subject token: no dots, no wildcards.
-    if not _TOKEN_RE.match(token):
+    if not _TOKEN_RE.fullmatch(token):
         raise ValueError(f"{what} must match {_TOKEN_RE.pattern}: {token!r}")
     return token
 
@@ -233,9 +233,9 @@ class NatsAuthority:
     The seeds are secrets: whoever holds the account seed can mint any user.
     """
 
-    operator_seed: str
-    account_seed: str
-    system_account_seed: str
+    operator_seed: str = field(repr=False)
+    account_seed: str = field(repr=False)
+    system_account_seed: str = field(repr=False)
     name: str = "wattpool"
     jetstream: bool = False
     response_ttl_s: float = DEFAULT_RESPONSE_TTL_S
@@ -262,13 +262,8 @@ class NatsAuthority:
         """Write the seeds as JSON, mode 0600, atomically (temp file + rename)."""
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        data = {
-            "version": AUTHORITY_FILE_VERSION, "name": self.name,
-            "operator_seed": self.operator_seed, "account_seed": self.account_seed,
-            "system_account_seed": self.system_account_seed,
-            "jetstream": self.jetstream, "response_ttl_s": self.response_ttl_s,
-            "issued_at": self.issued_at,
-        }
+        data = {"version": AUTHORITY_FILE_VERSION,
+                **{f.name: getattr(self, f.name) for f in fields(self)}}
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
         try:
             os.fchmod(fd, 0o600)
@@ -289,11 +284,7 @@ class NatsAuthority:
         data = json.loads(target.read_text())
         if data.get("version") != AUTHORITY_FILE_VERSION:
             raise ValueError(f"{target}: unknown authority file version {data.get('version')}")
-        authority = cls(data["operator_seed"], data["account_seed"],
-                        data["system_account_seed"], data.get("name", "wattpool"),
-                        bool(data.get("jetstream", False)),
-                        float(data.get("response_ttl_s", DEFAULT_RESPONSE_TTL_S)),
-                        int(data.get("issued_at", 0)))
+        authority = cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
         authority.public_keys()  # fail now on a damaged seed
         return authority
 

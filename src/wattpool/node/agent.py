@@ -50,6 +50,8 @@ class NodeAgent:
         engine_restart_backoff_s: float = 1.0,
         default_max_tokens: int = 256,
         idle_timeout_s: float = 60.0,
+        public_key: str | None = None,
+        engines: tuple[str, ...] = (),
     ) -> None:
         self.bus = bus
         self.data_dir = data_dir
@@ -58,6 +60,8 @@ class NodeAgent:
         self.heartbeat_interval_s = heartbeat_interval_s
         self.default_max_tokens = default_max_tokens
         self.idle_timeout_s = idle_timeout_s
+        self.public_key = public_key
+        self.engines = engines
         self.node_id: str | None = None
         self.supervisor = Supervisor(
             data_dir, threads, engine_start_timeout_s, engine_restart_backoff_s, self._poke
@@ -75,22 +79,39 @@ class NodeAgent:
         """Send a heartbeat now: an instance changed state."""
         self._wake.set()
 
-    async def join(self) -> str:
-        known = None
+    def load_identity(self) -> dict[str, str]:
         if self.identity_file.exists():
-            known = json.loads(self.identity_file.read_text()).get("node_id")
-        request = JoinRequest(name=self.name, hardware=probe(), token=self.token, node_id=known)
+            return dict(json.loads(self.identity_file.read_text()))
+        return {}
+
+    def save_identity(self, identity: dict[str, str]) -> None:
+        """The identity may hold the node's NATS seed: readable by its owner only."""
+        self.identity_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.identity_file.with_suffix(".tmp")
+        tmp.touch(mode=0o600)
+        tmp.write_text(json.dumps(identity, indent=2))
+        tmp.replace(self.identity_file)
+
+    async def join(self) -> str:
+        identity = self.load_identity()
+        request = JoinRequest(
+            name=self.name, hardware=probe(), token=self.token,
+            node_id=identity.get("node_id"), public_key=self.public_key,
+            engines=list(self.engines),
+        )
         reply = decode(await self.bus.request(JOIN, encode(request), timeout=10.0), JoinReply)
         if not reply.accepted or not reply.node_id:
             raise JoinRefused(reply.error or "join refused")
-        self.identity_file.parent.mkdir(parents=True, exist_ok=True)
-        self.identity_file.write_text(json.dumps({"node_id": reply.node_id, "name": self.name}))
+        identity.update(node_id=reply.node_id, name=self.name)
+        if reply.user_jwt:
+            identity["jwt"] = reply.user_jwt
+        self.save_identity(identity)
         self.heartbeat_interval_s = reply.heartbeat_interval_s or self.heartbeat_interval_s
         log.info("joined the pool as %s (%s)", reply.node_id, self.name)
         return reply.node_id
 
     async def start(self) -> None:
-        self.node_id = await self.join()
+        self.node_id = await self.join_with_retry()
         self.bridge = InferBridge(
             self.bus, self.node_id, self.supervisor, self.default_max_tokens, self.idle_timeout_s
         )
@@ -98,12 +119,26 @@ class NodeAgent:
         await self.heartbeat_once()
         self._task = asyncio.get_running_loop().create_task(self._heartbeat_loop())
 
+    async def join_with_retry(self) -> str:
+        """Join, waiting for a control plane to answer; a refusal is final."""
+        delay = 1.0
+        while True:
+            try:
+                return await self.join()
+            except BusError as exc:
+                log.warning("no answer from the control plane (%s); retrying in %.0fs",
+                            exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 15.0)
+
     async def heartbeat_once(self) -> None:
         assert self.node_id is not None
         self._seq += 1
         beat = Heartbeat(
             node_id=self.node_id,
             seq=self._seq,
+            name=self.name,
+            engines=list(self.engines),
             hardware=probe(),
             instances=self.supervisor.statuses(),
             in_flight=self.bridge.in_flight if self.bridge else 0,
