@@ -33,6 +33,11 @@ if ! command -v nats-server >/dev/null && [ ! -x /usr/sbin/nats-server ]; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server) \
     >/dev/null 2>&1 || echo "    could not install nats-server" >&2
 fi
+if ! command -v nft >/dev/null; then
+  echo "==> installing nftables (the outbound-only node test firewalls its namespace)"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables) \
+    >/dev/null 2>&1 || echo "    could not install nftables" >&2
+fi
 if ! answers 4222; then
   echo "==> starting NATS"
   NATS_BIN="$(command -v nats-server || echo /usr/sbin/nats-server)"

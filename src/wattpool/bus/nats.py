@@ -5,7 +5,7 @@ three additions:
 
 * payloads over the server's ``max_payload`` are split into parts on the same
   subject and put together again before the handler sees them (plain
-  subscriptions only; a queue group would scatter the parts, see below);
+  subscriptions only: a queue group would scatter the parts over its members);
 * ``stream``/``request`` end at once with ``BusTimeout`` on NATS "no responders";
 * the connection reconnects forever, so a node outlives a NATS restart.
 """
@@ -17,7 +17,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 
 from nats import errors as nats_errors
@@ -44,6 +44,9 @@ STATUS_HEADER = "Status"
 NO_RESPONDERS = "503"
 
 RECONNECT_WAIT_S = 0.5
+# Errors that mean the connection is gone; nats-py reconnects by itself.
+_CONNECTION_ERRORS = (OSError, TimeoutError, nats_errors.StaleConnectionError,
+                      nats_errors.NoServersError, nats_errors.ConnectionClosedError)
 # Per-subscription buffer before NATS drops messages (slow consumer): room for
 # token streams and multi-MiB payloads.
 PENDING_MSGS_LIMIT = 65_536
@@ -53,6 +56,16 @@ HANDLER_GRACE_S = 5.0
 SLOW_CONSUMER_LOG_EVERY_S = 5.0
 # subscribe() waits this long at most for the server to confirm the subscription.
 SUBSCRIBE_FLUSH_S = 2
+
+
+@contextlib.contextmanager
+def _as_bus_errors(action: str) -> Iterator[None]:
+    try:
+        yield
+    except (nats_errors.ConnectionClosedError, nats_errors.ConnectionDrainingError) as exc:
+        raise BusClosed("bus is closed") from exc
+    except nats_errors.Error as exc:
+        raise BusError(f"{action} failed: {exc!r}") from exc
 
 
 @dataclass
@@ -246,16 +259,12 @@ class NatsBus(Bus):
         self._check_open()
         data = bytes(data)  # no copy for bytes; callers may reuse a bytearray
         limit = self._nc.max_payload
-        try:
+        # E.g. OutboundBufferLimitError: disconnected and the resend buffer is full.
+        with _as_bus_errors(f"publish to {subject}"):
             if len(data) <= limit:
                 await self._nc.publish(subject, data, reply=reply or "")
             else:
                 await self._publish_parts(subject, data, reply, limit)
-        except (nats_errors.ConnectionClosedError, nats_errors.ConnectionDrainingError) as exc:
-            raise BusClosed("bus is closed") from exc
-        except nats_errors.Error as exc:
-            # E.g. OutboundBufferLimitError: disconnected and the resend buffer is full.
-            raise BusError(f"publish to {subject} failed: {exc!r}") from exc
 
     async def _publish_parts(
         self, subject: str, data: bytes, reply: str | None, limit: int
@@ -289,15 +298,11 @@ class NatsBus(Bus):
     ) -> _NatsSubscription:
         self._check_open()
         sub = _NatsSubscription(self, subject, handler, queue, on_no_responders)
-        try:
+        with _as_bus_errors(f"subscribe to {subject}"):
             sub.nats_sub = await self._nc.subscribe(
                 subject, queue=queue or "", cb=sub.on_message,
                 pending_msgs_limit=PENDING_MSGS_LIMIT, pending_bytes_limit=PENDING_BYTES_LIMIT,
             )
-        except (nats_errors.ConnectionClosedError, nats_errors.ConnectionDrainingError) as exc:
-            raise BusClosed("bus is closed") from exc
-        except nats_errors.Error as exc:
-            raise BusError(f"subscribe to {subject} failed: {exc!r}") from exc
         self._subs.add(sub)
         return sub
 
@@ -355,10 +360,9 @@ class NatsBus(Bus):
     # --- connection events (nats-py callbacks) -----------------------------------
 
     def _notify(self, state: str) -> None:
-        if self._on_state is None:
-            return
         try:
-            self._on_state(state)
+            if self._on_state is not None:
+                self._on_state(state)
         except Exception:
             log.exception("bus on_state(%r) callback failed", state)
 
@@ -399,10 +403,3 @@ class NatsBus(Bus):
             log.log(level, "NATS connection problem: %r", exc)
             return
         log.error("NATS error: %s", exc)  # e.g. a permissions violation
-
-
-# Errors that mean the connection is gone; nats-py reconnects by itself.
-_CONNECTION_ERRORS = (
-    OSError, TimeoutError, nats_errors.StaleConnectionError, nats_errors.NoServersError,
-    nats_errors.ConnectionClosedError,
-)

@@ -6,7 +6,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +38,8 @@ class GatewayContext:
     usage: UsageWriter
     metrics: GatewayMetrics
     max_body_bytes: int
+    # Whether this replica's control plane leads (runs placement); for /healthz.
+    is_leader: Callable[[], bool] = lambda: True
 
 
 class RequestIdMiddleware:
@@ -105,7 +107,7 @@ def create_app(ctx: GatewayContext) -> FastAPI:
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
         ready = sum(1 for v in registry.instances.values() if v.state == "ready")
-        return {"status": "ok", "ready_instances": ready}
+        return {"status": "ok", "ready_instances": ready, "leader": ctx.is_leader()}
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
@@ -271,8 +273,11 @@ class Meter:
             self.ctx.metrics.tokens.labels(self.model, "prompt").inc(prompt)
         if completion:
             self.ctx.metrics.tokens.labels(self.model, "completion").inc(completion)
-        if len(self.trace.attempts) > 1:
-            self.ctx.metrics.retries.labels(self.model).inc(len(self.trace.attempts) - 1)
+        if self.trace.continuations:
+            self.ctx.metrics.continuations.labels(self.model).inc(self.trace.continuations)
+        if len(self.trace.attempts) - 1 > self.trace.continuations:
+            self.ctx.metrics.retries.labels(self.model).inc(
+                len(self.trace.attempts) - 1 - self.trace.continuations)
         self.ctx.usage.record(UsageRecord(
             request_id=self.request_id, kind=self.kind, model_id=self.model,
             node_id=self.trace.node_id, instance_id=self.trace.instance_id,

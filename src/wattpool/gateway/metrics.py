@@ -40,6 +40,10 @@ class GatewayMetrics:
             "wattpool_usage_records_pending", "Usage records waiting to be written.",
             registry=self.registry,
         )
+        self.continuations = Counter(
+            "wattpool_stream_continuations", "Streams continued on another instance after "
+            "their node failed mid-stream.", ["model"], registry=self.registry,
+        )
         self.retries = Counter(
             "wattpool_dispatch_retries", "Requests moved to another instance before the "
             "first token.", ["model"], registry=self.registry,
