@@ -127,6 +127,7 @@ class DesiredState(Message, kw_only=True):
     """The reply to a heartbeat: the whole desired state (level-triggered)."""
 
     node_id: str
+    seq: int = 0  # the heartbeat this answers; a node ignores answers older than applied
     instances: list[InstanceSpec] = []
     known: bool = True  # False: the control plane does not know this node; rejoin
 

@@ -101,6 +101,9 @@ class ControlPlane:
         self.router = Router(self.registry)
         self._placements: dict[str, Placement] = {}
         self._specs: dict[str, InstanceSpec] = {}
+        # False between winning leadership and adopting the stored placements: placing
+        # before that would duplicate (and then drop) instances that already run.
+        self._adopted = False
         self._subs: list[Subscription] = []
         self._tasks: list[asyncio.Task[Any]] = []
         self._writes: set[asyncio.Task[Any]] = set()
@@ -129,6 +132,7 @@ class ControlPlane:
         await self.leadership.stop()
 
     def _leadership_changed(self, leader: bool) -> None:
+        self._adopted = False
         if leader:
             self._tasks.append(asyncio.get_running_loop().create_task(self._take_over()))
 
@@ -136,6 +140,7 @@ class ControlPlane:
         """New leader: write the deployments, adopt the placements already in the store."""
         await asyncio.to_thread(self._persist_deployments)
         rows = await asyncio.to_thread(repo.list_instances, self.db)
+        self._placements, self._specs = {}, {}
         for row in rows:
             dep = self.deployments.get(row.deployment_id or "")
             if dep is None or row.state == "stopped" or row.node_id is None:
@@ -144,6 +149,7 @@ class ControlPlane:
                                                  row.node_id)
             self._specs[row.id] = self._spec_for(row.id, dep)
         log.info("leader: adopted %d placement(s) from the store", len(self._placements))
+        self._adopted = True
         self.reconcile()
 
     # --- bus handlers ----------------------------------------------------------
@@ -206,8 +212,8 @@ class ControlPlane:
         is_new = beat.node_id not in self.registry.nodes
         came_back = not is_new and not self.registry.nodes[beat.node_id].reachable
         changed = self.registry.record_heartbeat(beat)
-        if not self.is_leader:
-            return
+        if not self.is_leader or not self._adopted:
+            return  # only a leader that knows the placements may tell a node what to run
         if is_new or came_back:
             log.info("node %s is %s", beat.node_id, "reachable again" if came_back else "here")
             self._persist(repo.upsert_node, self.db, beat.node_id, beat.name or beat.node_id,
@@ -215,7 +221,8 @@ class ControlPlane:
         for view in changed:
             self._persist_instance(view)
         if msg.reply:
-            reply = DesiredState(node_id=beat.node_id, instances=self._desired_for(beat.node_id))
+            reply = DesiredState(node_id=beat.node_id, seq=beat.seq,
+                                 instances=self._desired_for(beat.node_id))
             await self.bus.publish(msg.reply, encode(reply))
 
     def _desired_for(self, node_id: str) -> list[InstanceSpec]:
@@ -248,7 +255,7 @@ class ControlPlane:
 
     def reconcile(self) -> None:
         """Make the desired instances match the deployments (pure policy decides)."""
-        if not self.is_leader:
+        if not self.is_leader or not self._adopted:
             return
         specs = [
             DeploymentSpec(d.deployment_id, d.model_id, d.replicas, d.memory_bytes, d.engine)

@@ -12,9 +12,10 @@ import contextlib
 import json
 import logging
 import socket
+import time
 from pathlib import Path
 
-from wattpool.bus import Bus, BusError
+from wattpool.bus import Bus, BusError, Msg, Subscription
 from wattpool.node.bridge import InferBridge
 from wattpool.node.probe import probe
 from wattpool.node.supervisor import Supervisor
@@ -70,6 +71,11 @@ class NodeAgent:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._seq = 0
+        self._applied_seq = 0
+        self._reply_inbox = ""
+        self._reply_sub: Subscription | None = None
+        self._last_answer = time.monotonic()
+        self._warned_silent = False
 
     @property
     def identity_file(self) -> Path:
@@ -116,6 +122,8 @@ class NodeAgent:
             self.bus, self.node_id, self.supervisor, self.default_max_tokens, self.idle_timeout_s
         )
         await self.bridge.start()
+        self._reply_inbox = self.bus.new_inbox()
+        self._reply_sub = await self.bus.subscribe(self._reply_inbox, self._on_desired)
         await self.heartbeat_once()
         self._task = asyncio.get_running_loop().create_task(self._heartbeat_loop())
 
@@ -143,9 +151,23 @@ class NodeAgent:
             instances=self.supervisor.statuses(),
             in_flight=self.bridge.in_flight if self.bridge else 0,
         )
-        timeout = max(5.0, self.heartbeat_interval_s)
-        data = await self.bus.request(heartbeat_subject(self.node_id), encode(beat), timeout)
-        desired = decode(data, DesiredState)
+        # Fire and forget: the answer arrives on our inbox whenever a leader sends it, so
+        # a missing leader never slows the heartbeats other replicas route by.
+        await self.bus.publish(heartbeat_subject(self.node_id), encode(beat),
+                               reply=self._reply_inbox)
+        silent = time.monotonic() - self._last_answer
+        if silent > 5 * self.heartbeat_interval_s and not self._warned_silent:
+            self._warned_silent = True
+            log.warning("no control plane has answered heartbeats for %.0fs; running what "
+                        "was last asked", silent)
+
+    async def _on_desired(self, msg: Msg) -> None:
+        desired = decode(msg.data, DesiredState)
+        if desired.seq < self._applied_seq:
+            return  # an answer to an older heartbeat arrived late
+        self._applied_seq = desired.seq
+        self._last_answer = time.monotonic()
+        self._warned_silent = False
         if not desired.known:
             log.warning("control plane does not know this node; joining again")
             await self.join()
@@ -169,6 +191,8 @@ class NodeAgent:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._reply_sub is not None:
+            await self._reply_sub.unsubscribe()
         if self.bridge is not None:
             await self.bridge.stop()
         await self.supervisor.stop()
