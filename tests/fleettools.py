@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 import uuid
@@ -51,6 +52,30 @@ def drop_database(url: str) -> None:
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
+
+
+class HostNatsServer(NatsServer):
+    """nats-server listening on the address in its config (e.g. a test veth address)."""
+
+    def __init__(self, host: str, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.host = host
+
+    def command(self) -> list[str]:
+        assert self.config is not None
+        return [self.binary, "-c", str(self.config), "-l", str(self.log_path)]
+
+    def _wait_ready(self) -> None:
+        assert self.proc is not None
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection((self.host, self.port), timeout=1.0) as conn:
+                    if conn.recv(5) == b"INFO ":
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"nats-server not ready on {self.host}:{self.port}")
 
 
 class Proc:
@@ -99,11 +124,8 @@ class Fleet:
         self.env = dict(FAST_FLEET_ENV)
         self.run_cli("nats", "init", "--data-dir", str(self.control_dir),
                      "--host", nats_host, "--port", str(self.nats_port))
-        self.nats = NatsServer(config=self.control_dir / "nats" / "nats-server.conf",
-                               port=self.nats_port)
-        if nats_host != "127.0.0.1":
-            self.nats.command = lambda: [  # type: ignore[method-assign]
-                self.nats.binary, "-c", str(self.nats.config), "-l", str(self.nats.log_path)]
+        self.nats = HostNatsServer(nats_host, config=self.control_dir / "nats" /
+                                   "nats-server.conf", port=self.nats_port)
         self.nats.start()
         self.servers: list[tuple[Proc, int]] = []
         self.nodes: dict[str, Proc] = {}
