@@ -21,7 +21,6 @@ import psutil
 from sqlalchemy import create_engine, text
 
 from natstools import NatsServer
-
 from pooltools import WATTPOOL, free_port
 
 PG_ADMIN_URL = os.environ.get("WATTPOOL_TEST_POSTGRES_ADMIN_URL",

@@ -14,12 +14,13 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 
 from wattpool.bus import Bus, BusClosed, BusTimeout, Msg
 from wattpool.bus.local import LocalBus
+from wattpool.bus.nats import NatsBus
 from wattpool.protocol import (
     DesiredState,
     Gpu,
@@ -32,6 +33,8 @@ from wattpool.protocol import (
     heartbeat_subject,
 )
 
+from natstools import LazyNatsServer
+
 pytestmark = pytest.mark.timeout(30)
 
 BusFactory = Callable[[], Awaitable[Bus]]
@@ -41,10 +44,25 @@ async def _local_bus() -> Bus:
     return LocalBus()
 
 
-# One entry per implementation. A NATS bus is added here, e.g.
-#     ("nats", _nats_bus),   # async def _nats_bus() -> Bus: connect to a test server
+# One nats-server for this module, started by the first NATS test (or skipped
+# without a nats-server binary, see tests/natstools.py).
+_nats_server = LazyNatsServer()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stop_nats_server() -> Iterator[None]:
+    yield
+    _nats_server.cleanup()
+
+
+async def _nats_bus() -> Bus:
+    return await NatsBus.connect(_nats_server.get().url, name="bus-contract")
+
+
+# One entry per implementation.
 BUS_FACTORIES: list[tuple[str, BusFactory]] = [
     ("local", _local_bus),
+    ("nats", _nats_bus),
 ]
 
 # How long to wait for something that must arrive, and how long to keep watching

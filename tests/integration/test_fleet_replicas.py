@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import httpx
 import openai
 import pytest
+
 from fleettools import Fleet, wait_until
 
 pytestmark = pytest.mark.slow

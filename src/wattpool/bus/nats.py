@@ -55,7 +55,8 @@ PENDING_BYTES_LIMIT = 64 * 1024 * 1024
 HANDLER_GRACE_S = 5.0
 SLOW_CONSUMER_LOG_EVERY_S = 5.0
 # subscribe() waits this long at most for the server to confirm the subscription.
-SUBSCRIBE_FLUSH_S = 2
+SUBSCRIBE_FLUSH_S = 2.0
+CLOSE_FLUSH_S = 1.0
 
 
 @contextlib.contextmanager
@@ -161,10 +162,8 @@ class _NatsSubscription(Subscription):
     def _expire(self, msg_id: str) -> None:
         partial = self.partials.pop(msg_id, None)
         if partial is not None:
-            log.warning(
-                "incomplete message on %s dropped: %d of %d parts after %.0fs",
-                self.subject, len(partial.parts), partial.count, PARTIAL_TTL_S,
-            )
+            log.warning("incomplete message on %s dropped: %d of %d parts after %.0fs",
+                        self.subject, len(partial.parts), partial.count, PARTIAL_TTL_S)
 
     def deactivate(self) -> None:
         self.active = False
@@ -266,9 +265,8 @@ class NatsBus(Bus):
             else:
                 await self._publish_parts(subject, data, reply, limit)
 
-    async def _publish_parts(
-        self, subject: str, data: bytes, reply: str | None, limit: int
-    ) -> None:
+    async def _publish_parts(self, subject: str, data: bytes, reply: str | None,
+                             limit: int) -> None:
         part_size = limit - HEADER_RESERVE
         if part_size <= 0:
             raise BusError(f"server max_payload {limit} is too small for message parts")
@@ -276,10 +274,8 @@ class NatsBus(Bus):
         msg_id = secrets.token_hex(16)
         for index in range(count):
             headers = {HDR_MSG_ID: msg_id, HDR_PART: str(index), HDR_PARTS: str(count)}
-            await self._nc.publish(
-                subject, data[index * part_size:(index + 1) * part_size],
-                reply=reply or "", headers=headers,
-            )
+            part = data[index * part_size:(index + 1) * part_size]
+            await self._nc.publish(subject, part, reply=reply or "", headers=headers)
 
     async def subscribe(
         self, subject: str, handler: Handler, queue: str | None = None
@@ -287,10 +283,18 @@ class NatsBus(Bus):
         sub = await self._subscribe(subject, handler, queue)
         # A round trip, so the server knows the subscription when we return: then a
         # message published afterwards on another connection reaches it, as with LocalBus.
-        if self._nc.is_connected:
-            with contextlib.suppress(nats_errors.Error, TimeoutError):
-                await self._nc.flush(timeout=SUBSCRIBE_FLUSH_S)
+        await self._sync(SUBSCRIBE_FLUSH_S)
         return sub
+
+    async def _sync(self, timeout: float) -> None:
+        """Wait until the server has processed what this connection sent so far."""
+        if not self._nc.is_connected:
+            return  # nats-py resends subscriptions on reconnect
+        with contextlib.suppress(nats_errors.Error, TimeoutError):
+            # nats-py's flush() writes its PING straight to the socket, ahead of
+            # commands still queued for its flusher task (our SUB): let those out first.
+            await asyncio.wait_for(self._nc._flush_pending(force_flush=True), timeout)
+            await self._nc.flush(timeout=timeout)
 
     async def _subscribe(
         self, subject: str, handler: Handler, queue: str | None,
@@ -316,9 +320,8 @@ class NatsBus(Bus):
         async def on_reply(msg: Msg) -> None:
             replies.put_nowait(msg.data)
 
-        sub = await self._subscribe(
-            inbox, on_reply, None, on_no_responders=lambda: replies.put_nowait(None)
-        )
+        sub = await self._subscribe(inbox, on_reply, None,
+                                    on_no_responders=lambda: replies.put_nowait(None))
         try:
             await self.publish(subject, data, reply=inbox)
             timeout = first_timeout
@@ -342,10 +345,7 @@ class NatsBus(Bus):
             sub.deactivate()
         nc = self._nc
         if not nc.is_closed:
-            if nc.is_connected:
-                # Make sure what was published before close reached the server.
-                with contextlib.suppress(nats_errors.Error, TimeoutError):
-                    await nc.flush(timeout=1)
+            await self._sync(CLOSE_FLUSH_S)  # what was published reaches the server
             await nc.close()
         running = self._handler_tasks - {asyncio.current_task()}
         if running:

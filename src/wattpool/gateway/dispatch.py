@@ -92,6 +92,9 @@ class Dispatcher:
             inst = self.router.pick(model, exclude=trace.attempts)
             if inst is None:
                 break
+            # Count the request against the instance before any await, so requests that
+            # arrive together see each other and spread out.
+            self.router.acquire(inst.instance_id)
             trace.attempts.append(inst.instance_id)
             trace.node_id, trace.instance_id = inst.node_id, inst.instance_id
             continuation = (
@@ -123,6 +126,8 @@ class Dispatcher:
             except _AttemptFailed as exc:
                 last_failure = str(exc)
                 log.info("%s: %s failed (%s)", request_id, inst.instance_id, exc)
+            finally:
+                self.router.release(inst.instance_id)
         if sent_text:
             trace.finished = True
             yield InferChunk(
@@ -145,7 +150,6 @@ class Dispatcher:
 
         inbox = self.bus.new_inbox()
         sub = await self.bus.subscribe(inbox, on_reply)
-        self.router.acquire(inst.instance_id)
         finished = False
         try:
             await self.bus.publish(infer_subject(inst.node_id), encode(request), reply=inbox)
@@ -189,7 +193,6 @@ class Dispatcher:
                 if finished:
                     return
         finally:
-            self.router.release(inst.instance_id)
             with anyio.CancelScope(shield=True):
                 await sub.unsubscribe()
                 if not finished:
