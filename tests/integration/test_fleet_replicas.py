@@ -69,3 +69,73 @@ def test_two_replicas_one_leader_and_failover(fleet: Fleet) -> None:
                            max_retries=0)
     reply = client.completions.create(model="synthetic", prompt="p", max_tokens=3)
     assert reply.choices[0].text == "alpha bravo charlie "
+
+
+def test_lost_node_instances_are_replaced_after_grace(fleet: Fleet) -> None:
+    fleet.env["WATTPOOL_REPLACE_GRACE_S"] = "2"
+    fleet.add_site("tx1")
+    _, port = fleet.start_server(SPEC)
+    fleet.start_node("a", "synthetic", fleet.token("tx1"))
+    fleet.wait_ready_instances(1)
+    fleet.start_node("b", "synthetic", fleet.token("tx1"))
+    node_ids = {name: fleet.node_id(name) for name in ("a", "b")}
+    (instance,) = [i for i in fleet.status()["instances"] if i["state"] == "ready"]
+    holder = next(name for name, nid in node_ids.items() if nid == instance["node_id"])
+    other = "b" if holder == "a" else "a"
+
+    fleet.nodes[holder].kill9()
+    lost_at = time.monotonic()
+
+    def replaced() -> bool:
+        ready = [i for i in fleet.status()["instances"] if i["state"] == "ready"]
+        return [i["node_id"] for i in ready] == [node_ids[other]]
+
+    wait_until(replaced, 30, "instance re-placed on the other node")
+    # Heartbeat timeout (2 s) + grace (2 s) + engine start: not before the grace ran out.
+    assert time.monotonic() - lost_at > 2
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x",
+                           max_retries=0)
+    assert client.completions.create(model="synthetic", prompt="p", max_tokens=2).usage
+
+
+def test_llama_stream_continues_on_another_node(fleet: Fleet) -> None:
+    """Two llama.cpp nodes; the one generating a stream dies; the stream goes on."""
+    import psutil
+    from fleettools import engine_children
+
+    fleet.add_site("ny1", region="us-ny")
+    _, port = fleet.start_server("gemma3-270m,context=512,replicas=2")
+    for name in ("l1", "l2"):
+        fleet.start_node(name, "llamacpp", fleet.token("ny1"))
+    fleet.wait_ready_instances(2, timeout=180)
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x",
+                           max_retries=0)
+    stream = client.completions.create(
+        model="gemma3-270m", prompt="Here is a long story about a lighthouse keeper.",
+        max_tokens=120, temperature=0, stream=True, stream_options={"include_usage": True})
+    chunks = []
+    killed = False
+    for chunk in stream:
+        chunks.append(chunk)
+        if not killed and len(chunks) == 10:
+            # The busy engine is the one using CPU now; kill its node.
+            engines = {name: engine_children(fleet.nodes[name]) for name in ("l1", "l2")}
+            for procs in engines.values():
+                for p in procs:
+                    p.cpu_percent(None)
+            time.sleep(0.5)
+            busy = max(engines, key=lambda n: sum(p.cpu_percent(None) for p in engines[n]))
+            fleet.nodes[busy].kill9()
+            psutil.wait_procs([p for p in engines[busy]], timeout=10)
+            killed = True
+    assert killed
+    text_chunks = [c for c in chunks if c.choices and c.choices[0].text]
+    finish = [c.choices[0].finish_reason for c in chunks if c.choices
+              and c.choices[0].finish_reason]
+    usage = chunks[-1].usage
+    assert finish in (["length"], ["stop"]), finish
+    assert usage is not None and len(text_chunks) > 10
+    if finish == ["length"]:
+        assert usage.completion_tokens == 120
+    metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+    assert 'wattpool_stream_continuations_total{model="gemma3-270m"} 1.0' in metrics
