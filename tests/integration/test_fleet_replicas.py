@@ -9,9 +9,10 @@ from collections.abc import Iterator
 
 import httpx
 import openai
+import psutil
 import pytest
 
-from fleettools import Fleet, wait_until
+from fleettools import Fleet, engine_children, wait_until
 
 pytestmark = pytest.mark.slow
 SPEC = "synthetic,replicas=1"
@@ -100,9 +101,6 @@ def test_lost_node_instances_are_replaced_after_grace(fleet: Fleet) -> None:
 
 def test_llama_stream_continues_on_another_node(fleet: Fleet) -> None:
     """Two llama.cpp nodes; the one generating a stream dies; the stream goes on."""
-    import psutil
-    from fleettools import engine_children
-
     fleet.add_site("ny1", region="us-ny")
     _, port = fleet.start_server("gemma3-270m,context=512,replicas=2")
     for name in ("l1", "l2"):
