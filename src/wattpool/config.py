@@ -41,6 +41,19 @@ class Settings(BaseSettings):
     dispatch_attempts: int = Field(
         3, gt=0, description="Nodes tried for one request before its first token."
     )
+    instance_slots: int = Field(
+        4, gt=0, description="Requests one instance serves at once before more wait in the "
+        "gateway's priority queue."
+    )
+    queue_timeout_s: float = Field(
+        30.0, gt=0, description="Longest wait for capacity of an interactive request (then 503)."
+    )
+    batch_queue_timeout_s: float = Field(
+        300.0, gt=0, description="Longest wait for capacity of a batch request (then 503)."
+    )
+    preemption: bool = Field(
+        True, description="Interactive requests may preempt running batch streams."
+    )
     ack_timeout_s: float = Field(
         3.0, gt=0, description="How long a node may take to accept a request."
     )

@@ -23,6 +23,7 @@ from wattpool.clock import SystemClock
 from wattpool.config import Settings
 from wattpool.control.service import ControlPlane, Deployment
 from wattpool.engines.models import default_model_id, estimate_memory_bytes
+from wattpool.gateway.admission import AdmissionController
 from wattpool.gateway.app import GatewayContext, create_app
 from wattpool.gateway.dispatch import Dispatcher
 from wattpool.gateway.metrics import GatewayMetrics
@@ -87,10 +88,16 @@ def build_gateway(
     s: Settings, bus: Bus, control: ControlPlane, usage: UsageWriter, metrics: GatewayMetrics
 ) -> _Server:
     """The gateway (FastAPI on uvicorn) over a control plane's router."""
+    router = control.router
+    admission = AdmissionController(
+        lambda model: router.ready_instances(model) * s.instance_slots,
+        queue_timeout_s=s.queue_timeout_s, batch_queue_timeout_s=s.batch_queue_timeout_s,
+        preemption=s.preemption,
+    )
     dispatcher = Dispatcher(
-        bus, control.router, attempts=s.dispatch_attempts,
+        bus, router, attempts=s.dispatch_attempts,
         ack_timeout_s=s.ack_timeout_s, first_token_timeout_s=s.first_token_timeout_s,
-        idle_timeout_s=s.idle_timeout_s, retry_after_s=s.retry_after_s,
+        idle_timeout_s=s.idle_timeout_s, retry_after_s=s.retry_after_s, admission=admission,
     )
     app = create_app(GatewayContext(
         router=control.router, dispatcher=dispatcher, usage=usage,

@@ -32,6 +32,9 @@ class Router:
             return None
         return self.registry.instances.get(decision.chosen.instance_id)
 
+    def ready_instances(self, model_id: str) -> int:
+        return sum(1 for s in self.registry.snapshots(model_id) if s.ready)
+
     def node_reachable(self, node_id: str) -> bool:
         node = self.registry.nodes.get(node_id)
         return node is not None and node.reachable

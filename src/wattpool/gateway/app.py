@@ -22,7 +22,12 @@ from wattpool.gateway.dispatch import Dispatcher, DispatchTrace
 from wattpool.gateway.errors import APIError, install_error_handlers
 from wattpool.gateway.metrics import GatewayMetrics
 from wattpool.gateway.responses import ResponseBuilder
-from wattpool.gateway.validation import parse_json_object, validate_chat, validate_completion
+from wattpool.gateway.validation import (
+    parse_json_object,
+    priority_class,
+    validate_chat,
+    validate_completion,
+)
 from wattpool.protocol import InferChunk, RequestKind, Usage
 from wattpool.store import UsageRecord, UsageWriter
 
@@ -148,13 +153,15 @@ def create_app(ctx: GatewayContext) -> FastAPI:
         body = parse_json_object(await read_body(request, ctx.max_body_bytes))
         validate = validate_chat if kind == "chat" else validate_completion
         model, stream, include_usage, forwarded = validate(body)
+        klass = priority_class(body, "interactive")
         if not ctx.router.knows_model(model):
             raise model_not_found(model)
         request_id: str = request.state.request_id
         route = request.url.path
         trace = DispatchTrace()
         meter = Meter(ctx, request_id, kind, model, route, trace, started)
-        chunks = ctx.dispatcher.run(request_id, kind, model, forwarded, trace)
+        chunks = ctx.dispatcher.run(request_id, kind, model, forwarded, trace,
+                                    klass)  # type: ignore[arg-type]
         ctx.metrics.in_flight.labels(route).inc()
         try:
             first = await anext(chunks)

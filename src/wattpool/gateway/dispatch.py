@@ -26,6 +26,7 @@ import msgspec
 from wattpool.bus import Bus, Msg
 from wattpool.control.registry import InstanceView
 from wattpool.control.router import Router
+from wattpool.gateway.admission import AdmissionController, PriorityClass, QueueTimeout, Ticket
 from wattpool.gateway.errors import APIError
 from wattpool.protocol import (
     CancelRequest,
@@ -48,6 +49,10 @@ class _AttemptFailed(Exception):
     """This instance cannot finish the request; another one may."""
 
 
+class _Preempted(Exception):
+    """A batch request gives its slot to interactive work; it continues later."""
+
+
 @dataclass(slots=True)
 class DispatchTrace:
     """Where a request went; read by the caller for metering."""
@@ -55,17 +60,22 @@ class DispatchTrace:
     node_id: str | None = None
     instance_id: str | None = None
     attempts: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
     continuations: int = 0
+    preemptions: int = 0
     finished: bool = False
+    ticket: Ticket | None = None
 
 
 class Dispatcher:
     def __init__(
         self, bus: Bus, router: Router, *, attempts: int, ack_timeout_s: float,
         first_token_timeout_s: float, idle_timeout_s: float, retry_after_s: int,
+        admission: AdmissionController | None = None,
     ) -> None:
         self.bus = bus
         self.router = router
+        self.admission = admission
         self.attempts = attempts
         self.ack_timeout_s = ack_timeout_s
         self.first_token_timeout_s = first_token_timeout_s
@@ -81,15 +91,37 @@ class Dispatcher:
             headers={"Retry-After": str(self.retry_after_s)},
         )
 
+    async def _admit(self, request_id: str, model: str, klass: PriorityClass) -> Ticket | None:
+        if self.admission is None:
+            return None
+        try:
+            return await self.admission.acquire(request_id, model, klass)
+        except QueueTimeout as exc:
+            raise APIError(503, f"{exc}; try again shortly.", type="server_error",
+                           code="no_capacity",
+                           headers={"Retry-After": str(self.retry_after_s)}) from None
+
     async def run(
         self, request_id: str, kind: RequestKind, model: str, body: dict[str, Any],
-        trace: DispatchTrace,
+        trace: DispatchTrace, klass: PriorityClass = "interactive",
+    ) -> AsyncIterator[InferChunk]:
+        trace.ticket = await self._admit(request_id, model, klass)
+        try:
+            async for chunk in self._run_admitted(request_id, kind, model, body, trace, klass):
+                yield chunk
+        finally:
+            if self.admission is not None and trace.ticket is not None:
+                self.admission.release(trace.ticket)
+
+    async def _run_admitted(
+        self, request_id: str, kind: RequestKind, model: str, body: dict[str, Any],
+        trace: DispatchTrace, klass: PriorityClass,
     ) -> AsyncIterator[InferChunk]:
         sent_text: list[str] = []
         sent_tokens = 0
         last_failure: str | None = None
-        for _ in range(self.attempts):
-            inst = self.router.pick(model, exclude=trace.attempts)
+        while len(trace.failed) < self.attempts:
+            inst = self.router.pick(model, exclude=trace.failed)
             if inst is None:
                 break
             # Count the request against the instance before any await, so requests that
@@ -108,7 +140,7 @@ class Dispatcher:
             request = InferRequest(request_id=request_id, instance_id=inst.instance_id,
                                    kind=kind, body=body, continuation=continuation)
             try:
-                async for chunk in self._attempt(inst, request):
+                async for chunk in self._attempt(inst, request, trace.ticket):
                     if chunk.kind == "delta":
                         sent_text.append(chunk.text)
                         sent_tokens += chunk.tokens or 1
@@ -125,7 +157,21 @@ class Dispatcher:
                         return
             except _AttemptFailed as exc:
                 last_failure = str(exc)
+                trace.failed.append(inst.instance_id)
                 log.info("%s: %s failed (%s)", request_id, inst.instance_id, exc)
+            except _Preempted:
+                assert self.admission is not None and trace.ticket is not None
+                trace.preemptions += 1
+                log.warning("%s: batch stream preempted after %d tokens (for %s); it waits "
+                            "for a free slot and continues", request_id, sent_tokens,
+                            trace.ticket.preempted_for)
+                self.admission.release(trace.ticket)
+                trace.ticket = None
+                try:
+                    trace.ticket = await self.admission.acquire(request_id, model, klass)
+                except QueueTimeout as exc:
+                    last_failure = f"preempted and not resumed: {exc}"
+                    break
             finally:
                 self.router.release(inst.instance_id)
         if sent_text:
@@ -140,7 +186,7 @@ class Dispatcher:
         raise self.no_capacity(model, last_failure)
 
     async def _attempt(
-        self, inst: InstanceView, request: InferRequest
+        self, inst: InstanceView, request: InferRequest, ticket: Ticket | None
     ) -> AsyncIterator[InferChunk]:
         """Chunks of one instance's answer; raises _AttemptFailed when it cannot finish."""
         queue: asyncio.Queue[bytes] = asyncio.Queue()
@@ -157,6 +203,8 @@ class Dispatcher:
             expected_seq = 0
             last_heard = time.monotonic()
             while True:
+                if ticket is not None and ticket.preempt.is_set():
+                    raise _Preempted()
                 if not acked:
                     limit = self.ack_timeout_s
                 elif expected_seq <= 1:

@@ -159,3 +159,21 @@ def validate_completion(body: dict[str, Any]) -> tuple[str, bool, bool, dict[str
     forwarded = {k: body[k] for k in FORWARDED if body.get(k) is not None}
     forwarded["prompt"] = prompt
     return model, stream, include_usage, forwarded
+
+
+# OpenAI's ``service_tier`` names, and ours, mapped to wattpool's two classes.
+SERVICE_TIERS = {"flex": "batch", "batch": "batch", "default": None, "auto": None,
+                 "interactive": "interactive", "priority": "interactive"}
+
+
+def priority_class(body: dict[str, Any], default: str) -> str:
+    """``batch`` (cheaper, may wait and be preempted) or ``interactive``."""
+    tier = body.get("service_tier")
+    if tier is None:
+        return default
+    if tier not in SERVICE_TIERS:
+        raise invalid(
+            f"Invalid 'service_tier': {tier!r}. Supported values are: "
+            + ", ".join(sorted(SERVICE_TIERS)) + ".", param="service_tier",
+        )
+    return SERVICE_TIERS[tier] or default
