@@ -147,7 +147,7 @@ class Fleet:
                      env: dict[str, str] | None = None) -> tuple[Proc, int]:
         port = port or free_port()
         args = ["server", "--nats-url", self.nats_url, "--database-url", self.database_url,
-                "--data-dir", str(self.control_dir), "--port", str(port)]
+                "--data-dir", str(self.control_dir), "--port", str(port), "--open"]
         for spec in deploy:
             args += ["--deploy", spec]
         proc = Proc(args, self.root / f"server-{port}.log", {**self.env, **(env or {})})

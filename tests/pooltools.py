@@ -25,7 +25,8 @@ def free_port() -> int:
 class PoolProcess:
     """`wattpool up` in a subprocess with its own data folder and port."""
 
-    def __init__(self, data_dir: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, data_dir: Path, *args: str, env: dict[str, str] | None = None,
+                 auth: bool = False) -> None:
         self.data_dir = data_dir
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
@@ -34,7 +35,8 @@ class PoolProcess:
         full_env = {**os.environ, "WATTPOOL_HEARTBEAT_INTERVAL_S": "0.5", **(env or {})}
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            [*WATTPOOL, "up", "--port", str(self.port), "--data-dir", str(data_dir), *args],
+            [*WATTPOOL, "up", "--port", str(self.port), "--data-dir", str(data_dir), *args,
+             *([] if auth else ["--open"])],
             stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=full_env,
         )
 
@@ -55,6 +57,13 @@ class PoolProcess:
                 pass
             time.sleep(0.2)
         raise TimeoutError(f"pool not ready within {timeout}s:\n{self.log()}")
+
+    def printed_key(self, which: str = "API key") -> str:
+        """A key `wattpool up` printed at first start (``API key`` or ``admin key``)."""
+        for line in self.log().splitlines():
+            if line.strip().startswith(f"{which}:"):
+                return line.split(":", 1)[1].strip()
+        raise AssertionError(f"no {which} in the output:\n{self.log()}")
 
     def engine_processes(self) -> list[psutil.Process]:
         """Engine subprocesses (llama.cpp or synthetic) of this pool."""

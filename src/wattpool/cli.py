@@ -77,12 +77,15 @@ def up(
     data_dir: DataDirOpt = None,
     log_level: Annotated[str | None, typer.Option(
         help="debug, info, warning or error (env WATTPOOL_LOG_LEVEL).")] = None,
+    open_access: Annotated[bool | None, typer.Option(
+        "--open", help="No API keys: anyone who can reach the port may use it (local use "
+        "only) (env WATTPOOL_OPEN_ACCESS).")] = None,
 ) -> None:
     """Run the whole pool on this machine: gateway, control plane and one local node."""
     settings = load_settings(
         host=host, port=port, model=model, model_id=model_id, engine=engine,
         context_length=context_length, engine_threads=threads, data_dir=data_dir,
-        log_level=log_level,
+        log_level=log_level, open_access=open_access,
     )
     setup_logging(settings.log_level if settings.log_level != "info" else "warning")
     code = asyncio.run(_up(settings))
@@ -143,6 +146,20 @@ def print_banner(settings: Settings, pool: Any) -> None:
     port = pool.port
     base = f"http://{host}:{port}/v1"
     model_id = pool.model_id
+    key = "unused"
+    if settings.open_access:
+        console.print("[yellow]open access: no API keys are checked; keep it on a trusted "
+                      "machine[/yellow]")
+    elif pool.first_run_keys:
+        key, admin_key = pool.first_run_keys
+        console.print("[bold]API key[/bold] (shown once, stored only as a hash):")
+        console.print(f"  API key:   {key}", markup=False, highlight=False, soft_wrap=True)
+        console.print(f"  admin key: {admin_key}", markup=False, highlight=False,
+                      soft_wrap=True)
+    else:
+        key = "$WATTPOOL_API_KEY"
+        console.print("API keys: use the key printed at first start, or make one with "
+                      "'wattpool keys create --tenant local'")
     console.print(f"\n[bold green]wattpool is serving[/bold green] [bold]{model_id}[/bold] "
                   f"({settings.engine}) at [bold]{base}[/bold]\n")
     if settings.engine == "synthetic":
@@ -150,12 +167,13 @@ def print_banner(settings: Settings, pool: Any) -> None:
                       "inference[/yellow]\n")
     body = json.dumps({"model": model_id, "messages": [{"role": "user", "content": "Hello"}]})
     console.print("curl:", style="bold")
-    console.print(f"  curl {base}/chat/completions -H 'Content-Type: application/json' \\\n"
+    auth = "" if settings.open_access else f" -H 'Authorization: Bearer {key}'"
+    console.print(f"  curl {base}/chat/completions -H 'Content-Type: application/json'{auth} \\\n"
                   f"    -d '{body}'\n", markup=False, highlight=False, soft_wrap=True)
     console.print("Python (pip install openai):", style="bold")
     console.print(
         "  from openai import OpenAI\n"
-        f"  client = OpenAI(base_url=\"{base}\", api_key=\"unused\")\n"
+        f"  client = OpenAI(base_url=\"{base}\", api_key=\"{key}\")\n"
         f"  reply = client.completions.create(model=\"{model_id}\", "
         "prompt=\"The capital of France is\", max_tokens=20)\n"
         "  print(reply.choices[0].text)\n", markup=False, highlight=False, soft_wrap=True)
@@ -238,6 +256,13 @@ def _register_fleet_commands() -> None:
     app.add_typer(cli_fleet.sites_app, name="sites")
     app.add_typer(cli_fleet.tokens_app, name="tokens")
     app.add_typer(cli_fleet.nats_app, name="nats")
+
+    from wattpool import cli_tenants
+
+    app.add_typer(cli_tenants.tenants_app, name="tenants")
+    app.add_typer(cli_tenants.keys_app, name="keys")
+    app.add_typer(cli_tenants.prices_app, name="prices")
+    app.command("usage")(cli_tenants.usage)
 
 
 _register_fleet_commands()

@@ -224,6 +224,10 @@ def server(
     nats_authority: Annotated[Path | None, typer.Option(
         help="Authority file that issues node credentials (default "
              "<data_dir>/nats/authority.json).")] = None,
+    redis_url: Annotated[str | None, typer.Option(
+        help="Redis for limits exact across replicas, e.g. redis://127.0.0.1:6379/0.")] = None,
+    open_access: Annotated[bool | None, typer.Option(
+        "--open", help="No API keys (tests and trusted networks only).")] = None,
     data_dir: DataDirOpt = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error.")]
     = None,
@@ -235,6 +239,7 @@ def server(
     _, err = _console()
     settings = _settings(nats_url=nats_url, host=host, port=port, database_url=database_url,
                          nats_creds=nats_creds, nats_authority=nats_authority,
+                         redis_url=redis_url, open_access=open_access,
                          data_dir=data_dir, log_level=log_level)
     try:
         deployments = [parse_deploy_spec(d, settings.context_length) for d in deploy]

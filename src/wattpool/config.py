@@ -133,6 +133,14 @@ class Settings(BaseSettings):
         0.02, ge=0, description="Synthetic engine: time to first token."
     )
 
+    redis_url: str | None = Field(
+        None, description="Redis for rate limits exact across gateway replicas, e.g. "
+        "redis://127.0.0.1:6379/0; without it limits are per process."
+    )
+    open_access: bool = Field(
+        False, description="Serve without API keys (local use only; no limits, no tenants)."
+    )
+
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
 
     def resolved_database_url(self) -> str:

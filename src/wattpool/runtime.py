@@ -21,14 +21,16 @@ from wattpool.bus import Bus
 from wattpool.bus.local import LocalBus
 from wattpool.clock import SystemClock
 from wattpool.config import Settings
+from wattpool.control.limits import Limiter, LocalLimiter, RedisLimiter
 from wattpool.control.service import ControlPlane, Deployment
 from wattpool.engines.models import default_model_id, estimate_memory_bytes
 from wattpool.gateway.admission import AdmissionController
 from wattpool.gateway.app import GatewayContext, create_app
 from wattpool.gateway.dispatch import Dispatcher
 from wattpool.gateway.metrics import GatewayMetrics
+from wattpool.gateway.tenancy import Tenancy
 from wattpool.node.agent import NodeAgent
-from wattpool.store import UsageWriter, make_engine, migrate
+from wattpool.store import UsageWriter, make_engine, migrate, tenants
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,19 @@ def default_deployment(settings: Settings) -> Deployment:
         engine=settings.engine, source=settings.model, context_length=settings.context_length,
         replicas=1, memory_bytes=memory, args=args,
     )
+
+
+LOCAL_TENANT = "local"
+
+
+def create_first_keys(db: Engine) -> tuple[str, str] | None:
+    """On a pool's first start: tenant 'local' with an API key and an admin key."""
+    if tenants.list_tenants(db):
+        return None
+    tenants.add_tenant(db, LOCAL_TENANT)
+    api_key, _ = tenants.create_key(db, LOCAL_TENANT, name="first key")
+    admin_key, _ = tenants.create_key(db, LOCAL_TENANT, name="admin", is_admin=True)
+    return api_key, admin_key
 
 
 class ListenError(Exception):
@@ -84,8 +99,16 @@ class _Server(uvicorn.Server):
         yield
 
 
+def make_limiter(s: Settings) -> Limiter:
+    """Redis when configured (exact across replicas), else limits per process."""
+    if s.redis_url:
+        return RedisLimiter(s.redis_url)
+    return LocalLimiter()
+
+
 def build_gateway(
-    s: Settings, bus: Bus, control: ControlPlane, usage: UsageWriter, metrics: GatewayMetrics
+    s: Settings, bus: Bus, control: ControlPlane, usage: UsageWriter, metrics: GatewayMetrics,
+    db: Engine, limiter: Limiter,
 ) -> _Server:
     """The gateway (FastAPI on uvicorn) over a control plane's router."""
     router = control.router
@@ -102,6 +125,7 @@ def build_gateway(
     app = create_app(GatewayContext(
         router=control.router, dispatcher=dispatcher, usage=usage,
         metrics=metrics, max_body_bytes=s.max_body_bytes, is_leader=lambda: control.is_leader,
+        tenancy=Tenancy(db, limiter, open_access=s.open_access),
     ))
     return _Server(uvicorn.Config(
         app, host=s.host, port=s.port, log_level="warning", access_log=False,
@@ -120,7 +144,10 @@ class Pool:
         self.agent: NodeAgent | None = None
         self.server: _Server | None = None
         self.listener: socket.socket | None = None
+        self.limiter: Limiter | None = None
         self.metrics = GatewayMetrics()
+        # (API key, admin key) when this start created them; shown once, never stored.
+        self.first_run_keys: tuple[str, str] | None = None
 
     @property
     def model_id(self) -> str:
@@ -145,7 +172,9 @@ class Pool:
             buffer_size=s.usage_buffer_size,
         )
         await self.usage.start()
-        self.server = build_gateway(s, self.bus, self.control, self.usage, self.metrics)
+        self.limiter = make_limiter(s)
+        self.server = build_gateway(s, self.bus, self.control, self.usage, self.metrics,
+                                    self.db, self.limiter)
         self.agent = NodeAgent(
             self.bus, s.data_dir, name=s.node_name, threads=s.engine_threads,
             heartbeat_interval_s=s.heartbeat_interval_s,
@@ -154,6 +183,8 @@ class Pool:
             default_max_tokens=s.default_max_tokens, idle_timeout_s=s.idle_timeout_s,
         )
         await self.agent.start()
+        if not s.open_access:
+            self.first_run_keys = await asyncio.to_thread(create_first_keys, self.db)
 
     @property
     def port(self) -> int:
@@ -182,6 +213,8 @@ class Pool:
             await asyncio.to_thread(self.control.record_shutdown)
         if self.usage is not None:
             await self.usage.stop()
+        if self.limiter is not None:
+            await self.limiter.aclose()
         if self.bus is not None:
             await self.bus.close()
         if self.db is not None:

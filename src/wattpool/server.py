@@ -19,10 +19,11 @@ from wattpool.bus.nats import NatsBus
 from wattpool.clock import SystemClock
 from wattpool.config import Settings
 from wattpool.control.leader import leadership_for
+from wattpool.control.limits import Limiter
 from wattpool.control.natsauth import NatsAuthority
 from wattpool.control.service import ControlPlane, Deployment
 from wattpool.gateway.metrics import GatewayMetrics
-from wattpool.runtime import _Server, bind_listener, build_gateway
+from wattpool.runtime import _Server, bind_listener, build_gateway, make_limiter
 from wattpool.store import UsageWriter, make_engine, migrate
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ class PoolServer:
         self.usage: UsageWriter | None = None
         self.server: _Server | None = None
         self.listener: socket.socket | None = None
+        self.limiter: Limiter | None = None
         self.metrics = GatewayMetrics()
 
     @property
@@ -82,7 +84,9 @@ class PoolServer:
             buffer_size=s.usage_buffer_size,
         )
         await self.usage.start()
-        self.server = build_gateway(s, self.bus, self.control, self.usage, self.metrics)
+        self.limiter = make_limiter(s)
+        self.server = build_gateway(s, self.bus, self.control, self.usage, self.metrics,
+                                    self.db, self.limiter)
 
     async def serve(self) -> None:
         assert self.server is not None and self.listener is not None
@@ -93,6 +97,8 @@ class PoolServer:
             await self.control.stop()
         if self.usage is not None:
             await self.usage.stop()
+        if self.limiter is not None:
+            await self.limiter.aclose()
         if self.bus is not None:
             await self.bus.close()
         if self.db is not None:

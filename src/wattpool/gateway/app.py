@@ -18,18 +18,21 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from wattpool import __version__
 from wattpool.control.router import Router
+from wattpool.gateway.admin import install_tenant_routes
 from wattpool.gateway.dispatch import Dispatcher, DispatchTrace
 from wattpool.gateway.errors import APIError, install_error_handlers
+from wattpool.gateway.metering import Meter
 from wattpool.gateway.metrics import GatewayMetrics
 from wattpool.gateway.responses import ResponseBuilder
+from wattpool.gateway.tenancy import Caller, Tenancy
 from wattpool.gateway.validation import (
     parse_json_object,
     priority_class,
     validate_chat,
     validate_completion,
 )
-from wattpool.protocol import InferChunk, RequestKind, Usage
-from wattpool.store import UsageRecord, UsageWriter
+from wattpool.protocol import InferChunk, RequestKind
+from wattpool.store import UsageWriter
 
 log = logging.getLogger(__name__)
 ROUTES = {"/v1/chat/completions", "/v1/completions", "/v1/models", "/healthz", "/readyz",
@@ -45,6 +48,8 @@ class GatewayContext:
     max_body_bytes: int
     # Whether this replica's control plane leads (runs placement); for /healthz.
     is_leader: Callable[[], bool] = lambda: True
+    # API keys, limits, prices; None: open access without limits (tests, local use).
+    tenancy: Tenancy | None = None
 
 
 class RequestIdMiddleware:
@@ -150,16 +155,20 @@ def create_app(ctx: GatewayContext) -> FastAPI:
 
     async def serve(request: Request, kind: RequestKind) -> Response:
         started = time.monotonic()
+        caller = (await ctx.tenancy.authenticate(request.headers) if ctx.tenancy
+                  else Caller(auth=None))
         body = parse_json_object(await read_body(request, ctx.max_body_bytes))
         validate = validate_chat if kind == "chat" else validate_completion
         model, stream, include_usage, forwarded = validate(body)
-        klass = priority_class(body, "interactive")
-        if not ctx.router.knows_model(model):
+        klass = priority_class(body, caller.default_class)
+        if not ctx.router.knows_model(model) or not Tenancy.may_use(caller, model):
             raise model_not_found(model)
+        admission = await ctx.tenancy.admit(caller, forwarded) if ctx.tenancy else None
         request_id: str = request.state.request_id
         route = request.url.path
         trace = DispatchTrace()
-        meter = Meter(ctx, request_id, kind, model, route, trace, started)
+        meter = Meter(ctx, request_id, kind, model, route, trace, started, klass, admission)
+        limit_headers = admission.headers if admission else {}
         chunks = ctx.dispatcher.run(request_id, kind, model, forwarded, trace,
                                     klass)  # type: ignore[arg-type]
         ctx.metrics.in_flight.labels(route).inc()
@@ -168,12 +177,13 @@ def create_app(ctx: GatewayContext) -> FastAPI:
         except BaseException as exc:
             ctx.metrics.in_flight.labels(route).dec()
             status = exc.status if isinstance(exc, APIError) else 500
-            meter.done("error", status)
+            with anyio.CancelScope(shield=True):
+                await meter.done("error", status)
             raise
         if first.kind == "error":
             await chunks.aclose()
             ctx.metrics.in_flight.labels(route).dec()
-            meter.done("error", first.status)
+            await meter.done("error", first.status)
             raise chunk_error(first)
         meter.first_token()
         builder = ResponseBuilder(
@@ -184,23 +194,26 @@ def create_app(ctx: GatewayContext) -> FastAPI:
             return StreamingResponse(
                 stream_body(first, chunks, builder, meter),
                 media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
+                         **limit_headers},
             )
         try:
             text, finish, usage = [], "stop", None
             async for chunk in prepend(first, chunks):
                 if chunk.kind == "delta":
                     text.append(chunk.text)
-                    meter.delivered += 1
+                    await meter.token()
                 elif chunk.kind == "final":
                     finish, usage = chunk.finish_reason or "stop", chunk.usage
                 elif chunk.kind == "error":
-                    meter.done("error", chunk.status)
+                    await meter.done("error", chunk.status)
                     raise chunk_error(chunk)
-            meter.done("ok", 200, usage)
-            return JSONResponse(builder.full("".join(text), finish, usage))
+            await meter.done("ok", 200, usage)
+            return JSONResponse(builder.full("".join(text), finish, usage),
+                                headers=limit_headers)
         finally:
-            meter.abandon()
+            with anyio.CancelScope(shield=True):
+                await meter.abandon()
             ctx.metrics.in_flight.labels(route).dec()
 
     async def stream_body(
@@ -213,24 +226,25 @@ def create_app(ctx: GatewayContext) -> FastAPI:
                 yield sse(role)
             async for chunk in prepend(first, chunks):
                 if chunk.kind == "delta":
-                    meter.delivered += 1
+                    await meter.token()
                     yield sse(builder.delta_chunk(chunk.text))
                 elif chunk.kind == "final":
                     yield sse(builder.finish_chunk(chunk.finish_reason or "stop"))
                     if builder.include_usage and chunk.usage is not None:
                         yield sse(builder.usage_chunk(chunk.usage))
                     yield b"data: [DONE]\n\n"
-                    meter.done("ok", 200, chunk.usage)
+                    await meter.done("ok", 200, chunk.usage)
                 elif chunk.kind == "error":
                     # Headers are gone; OpenAI clients raise on an "error" event.
                     yield sse(chunk_error(chunk).body())
-                    meter.done("error", chunk.status)
+                    await meter.done("error", chunk.status)
         finally:
             with anyio.CancelScope(shield=True):
                 await chunks.aclose()
-            meter.abandon()
+                await meter.abandon()
             ctx.metrics.in_flight.labels(meter.route).dec()
 
+    install_tenant_routes(app, ctx)
     return app
 
 
@@ -245,50 +259,3 @@ async def prepend(first: InferChunk, rest: AsyncIterator[InferChunk]) -> AsyncIt
     yield first
     async for chunk in rest:
         yield chunk
-
-
-class Meter:
-    """Times one request and writes its usage record exactly once."""
-
-    def __init__(self, ctx: GatewayContext, request_id: str, kind: RequestKind, model: str,
-                 route: str, trace: DispatchTrace, started: float) -> None:
-        self.ctx, self.request_id, self.kind, self.model = ctx, request_id, kind, model
-        self.route, self.trace, self.started = route, trace, started
-        self.ttft_s: float | None = None
-        self.delivered = 0  # text chunks delivered to the client
-        self.recorded = False
-
-    def first_token(self) -> None:
-        self.ttft_s = time.monotonic() - self.started
-        self.ctx.metrics.ttft.labels(self.route, self.model).observe(self.ttft_s)
-
-    def abandon(self) -> None:
-        """The client left before the end: record what was delivered."""
-        if not self.recorded:
-            self.done("cancelled", 499)
-
-    def done(self, status: str, http_status: int, usage: Usage | None = None) -> None:
-        if self.recorded:
-            return
-        self.recorded = True
-        duration = time.monotonic() - self.started
-        self.ctx.metrics.latency.labels(self.route, self.model).observe(duration)
-        prompt = usage.prompt_tokens if usage else 0
-        # Without the engine's count (client gone) each delivered chunk counts as a token.
-        completion = usage.completion_tokens if usage else self.delivered
-        if prompt:
-            self.ctx.metrics.tokens.labels(self.model, "prompt").inc(prompt)
-        if completion:
-            self.ctx.metrics.tokens.labels(self.model, "completion").inc(completion)
-        if self.trace.continuations:
-            self.ctx.metrics.continuations.labels(self.model).inc(self.trace.continuations)
-        if len(self.trace.attempts) - 1 > self.trace.continuations:
-            self.ctx.metrics.retries.labels(self.model).inc(
-                len(self.trace.attempts) - 1 - self.trace.continuations)
-        self.ctx.usage.record(UsageRecord(
-            request_id=self.request_id, kind=self.kind, model_id=self.model,
-            node_id=self.trace.node_id, instance_id=self.trace.instance_id,
-            prompt_tokens=prompt, completion_tokens=completion,
-            ttft_ms=self.ttft_s * 1000 if self.ttft_s is not None else None,
-            duration_ms=duration * 1000, status=status, http_status=http_status,
-        ))

@@ -44,6 +44,10 @@ class GatewayMetrics:
             "wattpool_stream_continuations", "Streams continued on another instance after "
             "their node failed mid-stream.", ["model"], registry=self.registry,
         )
+        self.preemptions = Counter(
+            "wattpool_preemptions", "Batch streams preempted for interactive work.",
+            ["model"], registry=self.registry,
+        )
         self.retries = Counter(
             "wattpool_dispatch_retries", "Requests moved to another instance before the "
             "first token.", ["model"], registry=self.registry,

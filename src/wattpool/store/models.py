@@ -1,18 +1,19 @@
 """SQLAlchemy models of wattpool's state.
 
 Only portable column types are used (JSON, not JSONB; timezone-aware DateTime) so the
-same schema runs on SQLite and PostgreSQL. The migration in
-``migrations/versions/0001_initial.py`` must create exactly these tables; a test
-compares the two.
+same schema runs on SQLite and PostgreSQL. The migrations in ``migrations/versions/``
+must together create exactly these tables; a test compares the two.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
+    Date,
     DateTime,
     Dialect,
     Float,
@@ -146,6 +147,14 @@ class UsageEntry(Base):
     status: Mapped[str] = mapped_column(String(32))  # "ok" | "error" | "cancelled"
     http_status: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    # Who asked and what it cost (0003). Plain ids, not foreign keys: the ledger outlives
+    # tenants and keys. Server defaults give rows written before 0003 defined values.
+    tenant_id: Mapped[str | None] = mapped_column(String(64), index=True, default=None)
+    key_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    priority_class: Mapped[str] = mapped_column(  # "interactive" | "batch"
+        String(32), default="interactive", server_default="interactive"
+    )
+    cost_micros: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class Site(Base):
@@ -171,3 +180,76 @@ class JoinToken(Base):
     expires_at: Mapped[datetime]
     used_at: Mapped[datetime | None] = mapped_column(default=None)
     used_by_node: Mapped[str | None] = mapped_column(String(64), default=None)
+
+
+# Money is integer micro-dollars everywhere (1 USD = 1_000_000): sums stay exact, and
+# BigInteger holds far more than any bill.
+
+
+class Tenant(Base):
+    """A customer: owns API keys; limits and budget apply to all its keys together."""
+
+    __tablename__ = "tenants"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # "ten_..."
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # None means unlimited.
+    rpm: Mapped[int | None] = mapped_column(Integer, default=None)
+    tpm: Mapped[int | None] = mapped_column(Integer, default=None)
+    max_concurrency: Mapped[int | None] = mapped_column(Integer, default=None)
+    budget_micros: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    budget_period: Mapped[str] = mapped_column(String(16), default="month")  # "day" | "month"
+
+
+class ApiKey(Base):
+    """A tenant's API key; only the sha256 of the full key is stored."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # "key_..."
+    tenant_id: Mapped[str] = mapped_column(String(64), ForeignKey("tenants.id"))
+    name: Mapped[str] = mapped_column(String(255), default="")
+    prefix: Mapped[str] = mapped_column(String(32), unique=True)  # visible part, "wpk_<hex>"
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # Allowed model ids; NULL (not JSON null) means every model.
+    models: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True), default=None)
+    default_class: Mapped[str] = mapped_column(String(32), default="interactive")
+    rpm: Mapped[int | None] = mapped_column(Integer, default=None)
+    tpm: Mapped[int | None] = mapped_column(Integer, default=None)
+    max_concurrency: Mapped[int | None] = mapped_column(Integer, default=None)
+    is_admin: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_used_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class Price(Base):
+    """What a model costs, in micro-dollars per million tokens."""
+
+    __tablename__ = "prices"
+
+    model_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    prompt_micros_per_mtok: Mapped[int] = mapped_column(BigInteger)
+    completion_micros_per_mtok: Mapped[int] = mapped_column(BigInteger)
+    batch_discount_pct: Mapped[int] = mapped_column(Integer, default=0)  # 0..100
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class UsageDaily(Base):
+    """Per-day roll-up of usage_records, kept in step by insert_usage (same transaction).
+
+    Budgets and usage reports read this instead of scanning the ledger.
+    """
+
+    __tablename__ = "usage_daily"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)  # UTC day of created_at
+    tenant_id: Mapped[str] = mapped_column(String(64), primary_key=True)  # "" for none
+    model_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    priority_class: Mapped[str] = mapped_column(String(32), primary_key=True)
+    requests: Mapped[int] = mapped_column(BigInteger, default=0)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cost_micros: Mapped[int] = mapped_column(BigInteger, default=0)

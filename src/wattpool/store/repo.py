@@ -7,16 +7,24 @@ All functions are synchronous; async callers wrap them in ``asyncio.to_thread``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import UTC, date, datetime
 from typing import Any, Literal
 
-from sqlalchemy import Engine, Insert, delete, insert, select
+from sqlalchemy import Connection, Engine, Insert, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from wattpool.store.models import Deployment, Instance, Node, ServedModel, UsageEntry, utcnow
+from wattpool.store.models import (
+    Deployment,
+    Instance,
+    Node,
+    ServedModel,
+    UsageDaily,
+    UsageEntry,
+    utcnow,
+)
 
 UsageKind = Literal["chat", "completion"]
 UsageStatus = Literal["ok", "error", "cancelled"]
@@ -80,6 +88,10 @@ class UsageRecord:
     ttft_ms: float | None = None
     created_at: datetime = field(default_factory=utcnow)
     id: int | None = None
+    tenant_id: str | None = None
+    key_id: str | None = None
+    priority_class: str = "interactive"  # "interactive" | "batch"
+    cost_micros: int = 0  # integer micro-dollars (1 USD = 1_000_000)
 
 
 # --- nodes -----------------------------------------------------------------------
@@ -262,9 +274,69 @@ def _usage_insert(dialect: str) -> Insert:
     return insert(table)
 
 
+# The columns the daily roll-up is built from, returned by the usage INSERT.
+_ROLLUP_COLUMNS = ("created_at", "tenant_id", "model_id", "priority_class",
+                   "prompt_tokens", "completion_tokens", "cost_micros")
+_DailyKey = tuple[date, str, str, str]
+
+
+def _daily_totals(rows: Iterable[Any]) -> dict[_DailyKey, list[int]]:
+    """Sum rows by (UTC day, tenant or "", model, class): [requests, prompt, completion, cost]."""
+    totals: dict[_DailyKey, list[int]] = {}
+    for r in rows:
+        created = r.created_at
+        if created.tzinfo is not None:
+            created = created.astimezone(UTC)
+        key = (created.date(), r.tenant_id or "", r.model_id, r.priority_class)
+        t = totals.setdefault(key, [0, 0, 0, 0])
+        t[0] += 1
+        t[1] += r.prompt_tokens
+        t[2] += r.completion_tokens
+        t[3] += r.cost_micros
+    return totals
+
+
+def _add_to_daily(conn: Connection, totals: dict[_DailyKey, list[int]]) -> None:
+    """Increment usage_daily by totals (creating rows as needed) on conn's transaction."""
+    if not totals:
+        return
+    table = UsageDaily.__table__
+    # Sorted, so concurrent writers lock rows in the same order (no deadlocks on PostgreSQL).
+    rows = [
+        {"day": k[0], "tenant_id": k[1], "model_id": k[2], "priority_class": k[3],
+         "requests": v[0], "prompt_tokens": v[1], "completion_tokens": v[2], "cost_micros": v[3]}
+        for k, v in sorted(totals.items())
+    ]
+    sums = ("requests", "prompt_tokens", "completion_tokens", "cost_micros")
+    dialect = conn.dialect.name
+    if dialect in ("sqlite", "postgresql"):
+        ins = (sqlite.insert(table) if dialect == "sqlite" else postgresql.insert(table))
+        stmt = ins.on_conflict_do_update(
+            index_elements=["day", "tenant_id", "model_id", "priority_class"],
+            set_={c: table.c[c] + ins.excluded[c] for c in sums},
+        )
+        conn.execute(stmt, rows)
+        return
+    # Other databases: update, else insert (no concurrent writers assumed there).
+    for row in rows:
+        res = conn.execute(
+            update(table)
+            .where(table.c.day == row["day"], table.c.tenant_id == row["tenant_id"],
+                   table.c.model_id == row["model_id"],
+                   table.c.priority_class == row["priority_class"])
+            .values({c: table.c[c] + row[c] for c in sums})
+        )
+        if not res.rowcount:
+            conn.execute(insert(table), [row])
+
+
 def insert_usage(engine: Engine, records: Sequence[UsageRecord]) -> int:
     """Store records in one transaction (one executemany). Returns rows inserted;
-    records whose request_id is already stored are skipped."""
+    records whose request_id is already stored are skipped.
+
+    The same transaction adds exactly the inserted rows to ``usage_daily``, so the
+    roll-up can never drift from the ledger, whatever is retried or rolled back.
+    """
     if not records:
         return 0
     rows = []
@@ -276,10 +348,15 @@ def insert_usage(engine: Engine, records: Sequence[UsageRecord]) -> int:
     with engine.begin() as conn:
         if engine.dialect.name in ("sqlite", "postgresql"):
             # rowcount of an executemany is not reliable across drivers (psycopg reports
-            # rows processed); RETURNING counts exactly the rows inserted.
-            returned = conn.execute(stmt.returning(UsageEntry.__table__.c.request_id), rows)
-            return len(returned.all())
+            # rows processed); RETURNING gives exactly the rows inserted, skipped
+            # duplicates left out, and their values are what the roll-up needs.
+            cols = [UsageEntry.__table__.c[c] for c in _ROLLUP_COLUMNS]
+            inserted = conn.execute(stmt.returning(*cols), rows).all()
+            _add_to_daily(conn, _daily_totals(inserted))
+            return len(inserted)
+        # A plain INSERT fails on a duplicate, so every record was inserted.
         res = conn.execute(stmt, rows)
+        _add_to_daily(conn, _daily_totals(records))
         return res.rowcount if res.rowcount >= 0 else len(rows)
 
 
@@ -298,15 +375,25 @@ def _usage_record(u: UsageEntry) -> UsageRecord:
         status=u.status,  # type: ignore[arg-type]
         http_status=u.http_status,
         created_at=u.created_at,
+        tenant_id=u.tenant_id,
+        key_id=u.key_id,
+        priority_class=u.priority_class,
+        cost_micros=u.cost_micros,
     )
 
 
 def list_usage(
-    engine: Engine, limit: int = 100, request_id: str | None = None
+    engine: Engine,
+    limit: int = 100,
+    request_id: str | None = None,
+    tenant_id: str | None = None,
 ) -> list[UsageRecord]:
-    """The newest ``limit`` usage records, newest first (or the one with ``request_id``)."""
+    """The newest ``limit`` usage records, newest first (or the one with ``request_id``),
+    optionally only those of ``tenant_id``."""
     q = select(UsageEntry).order_by(UsageEntry.created_at.desc(), UsageEntry.id.desc())
     if request_id is not None:
         q = q.where(UsageEntry.request_id == request_id)
+    if tenant_id is not None:
+        q = q.where(UsageEntry.tenant_id == tenant_id)
     with Session(engine) as s:
         return [_usage_record(u) for u in s.scalars(q.limit(limit))]

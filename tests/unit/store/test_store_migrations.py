@@ -24,8 +24,11 @@ from wattpool.store import (
 from wattpool.store import db as store_db
 from wattpool.store.models import Base
 
-TABLES = {"nodes", "models", "deployments", "instances", "usage_records", "sites", "join_tokens"}
-HEAD = "0002"
+TABLES = {
+    "nodes", "models", "deployments", "instances", "usage_records", "sites", "join_tokens",
+    "tenants", "api_keys", "prices", "usage_daily",
+}
+HEAD = "0003"
 
 
 def _tables(engine: Engine) -> set[str]:
@@ -112,8 +115,8 @@ def test_cli_autogenerate_finds_no_changes(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setattr(store_db, "MIGRATIONS_DIR", copy)
     monkeypatch.setattr(migrate_cli, "MIGRATIONS_DIR", copy)
     migrate_cli.main(["revision", "-m", "no changes", "--autogenerate"])
-    new = copy / "versions" / "0003_no_changes.py"
+    new = copy / "versions" / "0004_no_changes.py"
     text = new.read_text()
-    assert "down_revision: str | None = '0002'" in text
+    assert f"down_revision: str | None = '{HEAD}'" in text
     assert "op.create_table" not in text and "op.add_column" not in text
     compile(text, str(new), "exec")
