@@ -144,10 +144,12 @@ class Fleet:
         return out.stdout.strip()
 
     def start_server(self, *deploy: str, port: int | None = None,
-                     env: dict[str, str] | None = None) -> tuple[Proc, int]:
+                     env: dict[str, str] | None = None, open_access: bool = True,
+                     extra: Sequence[str] = ()) -> tuple[Proc, int]:
         port = port or free_port()
         args = ["server", "--nats-url", self.nats_url, "--database-url", self.database_url,
-                "--data-dir", str(self.control_dir), "--port", str(port), "--open"]
+                "--data-dir", str(self.control_dir), "--port", str(port), *extra,
+                *(["--open"] if open_access else [])]
         for spec in deploy:
             args += ["--deploy", spec]
         proc = Proc(args, self.root / f"server-{port}.log", {**self.env, **(env or {})})

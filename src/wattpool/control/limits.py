@@ -76,6 +76,12 @@ def _new_lease() -> str:
     return uuid.uuid4().hex
 
 
+def _check_estimate(token_estimate: int) -> None:
+    # A negative estimate would be a refund disguised as an admission.
+    if token_estimate < 0:
+        raise ValueError(f"token_estimate must be >= 0, got {token_estimate}")
+
+
 def _budget_ttl_s(period: str, now: float) -> float:
     return max(1.0, rl.period_end(period, now) - now) + BUDGET_GRACE_S
 
@@ -129,6 +135,7 @@ class LocalLimiter:
         self._spend = {k: v for k, v in self._spend.items() if v[1] > now}
 
     async def admit(self, scopes: Sequence[Scope], token_estimate: int) -> Decision:
+        _check_estimate(token_estimate)
         scopes = unique_scopes(scopes)
         now = self.now()
         self._sweep(now)
@@ -352,6 +359,7 @@ class RedisLimiter:
                 f"{type(exc).__name__}: {exc}") from exc
 
     async def admit(self, scopes: Sequence[Scope], token_estimate: int) -> Decision:
+        _check_estimate(token_estimate)
         scopes = unique_scopes(scopes)
         lease = _new_lease()
         keys: list[str] = []

@@ -129,6 +129,9 @@ def create_app(ctx: GatewayContext) -> FastAPI:
     async def metrics() -> Response:
         ctx.metrics.usage_dropped.set(ctx.usage.dropped)
         ctx.metrics.usage_pending.set(ctx.usage.pending)
+        if ctx.tenancy is not None:
+            ctx.metrics.limiter_failures.set(ctx.tenancy.limiter_failures)
+            ctx.metrics.stale_key_answers.set(ctx.tenancy.keys.stale_served)
         return Response(generate_latest(ctx.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     def model_card(model_id: str) -> dict[str, Any]:

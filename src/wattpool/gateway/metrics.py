@@ -36,6 +36,16 @@ class GatewayMetrics:
             "Usage records dropped since start because the write buffer was full.",
             registry=self.registry,
         )
+        self.limiter_failures = Gauge(
+            "wattpool_limiter_unavailable",
+            "Requests admitted without limits since start because the limiter (Redis) did "
+            "not answer.", registry=self.registry,
+        )
+        self.stale_key_answers = Gauge(
+            "wattpool_api_key_stale_answers",
+            "API key checks answered from cache because the database did not answer.",
+            registry=self.registry,
+        )
         self.usage_pending = Gauge(
             "wattpool_usage_records_pending", "Usage records waiting to be written.",
             registry=self.registry,
