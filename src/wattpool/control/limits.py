@@ -47,6 +47,7 @@ __all__ = [
 # Spend counters outlive their period this long, for late reads and reconciliation.
 BUDGET_GRACE_S = 7 * 86400.0
 DEFAULT_MAX_REQUEST_S = 600.0
+MAX_REDIS_CONNECTIONS = 64
 
 
 class LimiterUnavailable(RuntimeError):
@@ -333,9 +334,14 @@ class RedisLimiter:
         self.now = now  # only picks the budget period; buckets use Redis TIME
         self._timeout_s = timeout_s
         self._where = url.rpartition("@")[2]  # never log a password
-        self._redis: Any = aioredis.Redis.from_url(
-            url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s,
+        # A bounded pool that makes callers wait for a free connection (up to timeout_s)
+        # instead of failing: a burst of requests must queue, not error.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=MAX_REDIS_CONNECTIONS, timeout=timeout_s,
+            socket_connect_timeout=timeout_s, socket_timeout=timeout_s,
             retry=Retry(NoBackoff(), 0), decode_responses=True)
+        self._pool = pool
+        self._redis: Any = aioredis.Redis(connection_pool=pool)
         self._admit = self._redis.register_script(_ADMIT_LUA)
         self._charge = self._redis.register_script(_CHARGE_LUA)
         self._release = self._redis.register_script(_RELEASE_LUA)
@@ -416,3 +422,4 @@ class RedisLimiter:
 
     async def aclose(self) -> None:
         await self._redis.aclose()
+        await self._pool.disconnect()  # a pool passed in is not closed by the client

@@ -75,7 +75,11 @@ class AdmissionController:
     async def acquire(self, request_id: str, model: str, klass: PriorityClass) -> Ticket:
         ticket = Ticket(request_id, model, klass)
         q = self._queue(model)
-        if not q.waiting and len(q.holders) < self.slots_for_model(model):
+        slots = self.slots_for_model(model)
+        if slots == 0 and not q.holders:
+            # Nothing is ready at all (loading, restarting): say so now, do not queue.
+            raise QueueTimeout(f"no instance of model '{model}' is ready")
+        if not q.waiting and len(q.holders) < slots:
             self._grant(q, ticket)
             return ticket
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
