@@ -130,9 +130,13 @@ class Fleet:
         self.nodes: dict[str, Proc] = {}
 
     def run_cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*WATTPOOL, *args], capture_output=True, text=True, timeout=120,
+        done = subprocess.run([*WATTPOOL, *args], capture_output=True, text=True, timeout=120,
                               env={**os.environ, **self.env,
-                                   "WATTPOOL_DATABASE_URL": self.database_url}, check=True)
+                                   "WATTPOOL_DATABASE_URL": self.database_url})
+        if done.returncode != 0:
+            raise AssertionError(f"wattpool {' '.join(args)} exited {done.returncode}:\n"
+                                 f"{done.stdout}\n{done.stderr}")
+        return done
 
     def add_site(self, name: str, region: str = "us-tx") -> None:
         self.run_cli("sites", "add", name, "--region", region,

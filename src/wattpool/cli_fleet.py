@@ -278,3 +278,56 @@ async def _run_server(settings: Settings, deployments: list) -> int:  # type: ig
         if serve_task is not None:
             await serve_task
         await pool.stop()
+
+
+GatewayOpt = Annotated[str, typer.Option(
+    "--url", help="A gateway of the pool (any replica).", envvar="WATTPOOL_URL")]
+AdminKeyOpt = Annotated[str | None, typer.Option(
+    "--key", help="Admin API key (not needed with --open pools).",
+    envvar="WATTPOOL_ADMIN_KEY")]
+
+
+def _admin_post(url: str, key: str | None, path: str, body: dict[str, object]) -> dict:  # type: ignore[type-arg]
+    import httpx
+
+    _, err = _console()
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    try:
+        resp = httpx.post(url.rstrip("/") + path, json=body, headers=headers, timeout=30)
+    except httpx.HTTPError as exc:
+        err.print(f"[red]cannot reach the gateway at {url}: {exc}[/red]")
+        raise typer.Exit(1) from None
+    if resp.status_code != 200:
+        try:
+            message = resp.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = resp.text
+        err.print(f"[red]{resp.status_code}: {message}[/red]")
+        raise typer.Exit(1)
+    return dict(resp.json())
+
+
+@sites_app.command("curtail")
+def sites_curtail(
+    name: str,
+    within: Annotated[str, typer.Option(help="Deadline to shed the load, e.g. 60s, 10m.")]
+    = "60s",
+    reason: Annotated[str, typer.Option(help="Why (logged).")] = "curtailment signal",
+    url: GatewayOpt = "http://127.0.0.1:8000",
+    key: AdminKeyOpt = None,
+) -> None:
+    """Curtail a site: its nodes take no new work, move their streams elsewhere, idle."""
+    console, _ = _console()
+    seconds = parse_duration(within).total_seconds()
+    out = _admin_post(url, key, f"/admin/sites/{name}/curtail",
+                      {"within_s": seconds, "reason": reason})
+    console.print(f"site {out['site']} curtailed within {out['within_s']:.0f}s")
+
+
+@sites_app.command("resume")
+def sites_resume(name: str, url: GatewayOpt = "http://127.0.0.1:8000",
+                 key: AdminKeyOpt = None) -> None:
+    """End a site's curtailment: its nodes load their engines and take work again."""
+    console, _ = _console()
+    _admin_post(url, key, f"/admin/sites/{name}/resume", {})
+    console.print(f"site {name} resumes")

@@ -18,6 +18,7 @@ PROTOCOL_VERSION = 1
 
 JOIN = "wp.v1.join"
 HEARTBEAT_ALL = "wp.v1.hb.*"
+CURTAIL = "wp.v1.ctl.curtail"  # operator/grid signal to every control-plane replica
 
 
 def heartbeat_subject(node_id: str) -> str:
@@ -120,7 +121,7 @@ class Heartbeat(Message, kw_only=True):
     hardware: Hardware
     instances: list[InstanceStatus] = []
     in_flight: int = 0
-    power_state: str = "on"
+    power_state: str = "on"  # "on" | "draining" | "curtailed"
 
 
 class DesiredState(Message, kw_only=True):
@@ -130,6 +131,10 @@ class DesiredState(Message, kw_only=True):
     seq: int = 0  # the heartbeat this answers; a node ignores answers older than applied
     instances: list[InstanceSpec] = []
     known: bool = True  # False: the control plane does not know this node; rejoin
+    # "curtailed": the site must shed its load: take no new work, move in-flight streams
+    # to other sites (the gateway continues them), stop the engines. "on": run normally.
+    power: str = "on"
+    reason: str | None = None
 
 
 # --- inference -----------------------------------------------------------------
@@ -214,3 +219,13 @@ T = TypeVar("T")
 
 def decode(data: bytes, type_: type[T]) -> T:
     return msgspec.json.decode(data, type=type_)
+
+
+class CurtailSignal(Message, kw_only=True):
+    """A site must shed its load within ``within_s`` (active) or may run again."""
+
+    site_id: str
+    site_name: str
+    active: bool
+    within_s: float = 60.0
+    reason: str = "curtailment signal"

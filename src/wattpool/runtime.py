@@ -125,7 +125,7 @@ def build_gateway(
     app = create_app(GatewayContext(
         router=control.router, dispatcher=dispatcher, usage=usage,
         metrics=metrics, max_body_bytes=s.max_body_bytes, is_leader=lambda: control.is_leader,
-        tenancy=Tenancy(db, limiter, open_access=s.open_access),
+        tenancy=Tenancy(db, limiter, open_access=s.open_access), bus=bus,
     ))
     return _Server(uvicorn.Config(
         app, host=s.host, port=s.port, log_level="warning", access_log=False,

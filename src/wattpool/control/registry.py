@@ -22,6 +22,7 @@ class NodeView:
     reachable: bool = True
     engines: tuple[str, ...] = ()  # engines the node runs; empty means any
     unreachable_since: float | None = None
+    power_state: str = "on"  # as the node reports it: on, draining, curtailed
 
 
 @dataclass(slots=True)
@@ -69,6 +70,7 @@ class Registry:
             node = self.add_node(beat.node_id, beat.name or beat.node_id, beat.hardware)
         node.hardware = beat.hardware
         node.engines = tuple(beat.engines)
+        node.power_state = beat.power_state
         node.last_seen = self.clock.monotonic()
         node.reachable = True
         node.unreachable_since = None
@@ -125,7 +127,9 @@ class Registry:
                     instance_id=view.instance_id,
                     node_id=view.node_id,
                     model_id=view.model_id,
-                    ready=view.state == "ready" and node is not None and node.reachable,
+                    # A draining or curtailed node takes no new work.
+                    ready=view.state == "ready" and node is not None and node.reachable
+                    and node.power_state == "on",
                     in_flight=view.in_flight,
                 )
             )

@@ -27,8 +27,10 @@ from wattpool.control.registry import InstanceView, Registry
 from wattpool.control.router import Router
 from wattpool.policy.placement import DeploymentSpec, NodeCapacity, Placement, plan_placement
 from wattpool.protocol import (
+    CURTAIL,
     HEARTBEAT_ALL,
     JOIN,
+    CurtailSignal,
     DesiredState,
     Heartbeat,
     InstanceSpec,
@@ -104,6 +106,9 @@ class ControlPlane:
         # False between winning leadership and adopting the stored placements: placing
         # before that would duplicate (and then drop) instances that already run.
         self._adopted = False
+        # site_id -> the active curtailment signal; every replica keeps it (failover).
+        self.curtailed: dict[str, CurtailSignal] = {}
+        self._node_site: dict[str, str | None] = {}
         self._subs: list[Subscription] = []
         self._tasks: list[asyncio.Task[Any]] = []
         self._writes: set[asyncio.Task[Any]] = set()
@@ -115,6 +120,7 @@ class ControlPlane:
     async def start(self) -> None:
         self._subs.append(await self.bus.subscribe(JOIN, self._on_join))
         self._subs.append(await self.bus.subscribe(HEARTBEAT_ALL, self._on_heartbeat))
+        self._subs.append(await self.bus.subscribe(CURTAIL, self._on_curtail))
         await self.leadership.start()
         if self.is_leader:
             await self._take_over()  # before any join, so old placements are adopted first
@@ -187,6 +193,8 @@ class ControlPlane:
         else:
             raise JoinRefused("a join token is required: wattpool tokens create --site NAME")
         self.registry.add_node(node_id, req.name, req.hardware, tuple(req.engines))
+        if site_id is not None:
+            self._node_site[node_id] = site_id
         await asyncio.to_thread(
             repo.upsert_node, self.db, node_id, req.name, msgspec.to_builtins(req.hardware),
             "ready", datetime.now(UTC), site_id=site_id, public_key=req.public_key,
@@ -221,12 +229,36 @@ class ControlPlane:
         for view in changed:
             self._persist_instance(view)
         if msg.reply:
+            curtail = self._power_for(beat.node_id)
             reply = DesiredState(node_id=beat.node_id, seq=beat.seq,
-                                 instances=self._desired_for(beat.node_id))
+                                 instances=self._desired_for(beat.node_id),
+                                 power="curtailed" if curtail else "on",
+                                 reason=curtail.reason if curtail else None)
             await self.bus.publish(msg.reply, encode(reply))
 
     def _desired_for(self, node_id: str) -> list[InstanceSpec]:
         return [self._specs[i] for i, p in self._placements.items() if p.node_id == node_id]
+
+    async def _on_curtail(self, msg: Msg) -> None:
+        try:
+            signal = decode(msg.data, CurtailSignal)
+        except msgspec.DecodeError:
+            log.warning("malformed curtailment signal dropped")
+            return
+        if signal.active:
+            log.warning("site %s curtailed within %.0fs: %s", signal.site_name,
+                        signal.within_s, signal.reason)
+            self.curtailed[signal.site_id] = signal
+        else:
+            log.warning("site %s: curtailment over", signal.site_name)
+            self.curtailed.pop(signal.site_id, None)
+        # Learn which nodes belong to which site (joins before this process started).
+        rows = await asyncio.to_thread(repo.list_nodes, self.db)
+        self._node_site.update({r.id: r.site_id for r in rows})
+
+    def _power_for(self, node_id: str) -> CurtailSignal | None:
+        site = self._node_site.get(node_id)
+        return self.curtailed.get(site) if site else None
 
     # --- background ------------------------------------------------------------
 

@@ -17,6 +17,8 @@ from fastapi import FastAPI, Request
 
 from wattpool.gateway.errors import APIError, invalid
 from wattpool.gateway.validation import parse_json_object
+from wattpool.protocol import CURTAIL, CurtailSignal, encode
+from wattpool.store import fleet
 from wattpool.store import tenants as t
 
 if TYPE_CHECKING:
@@ -147,6 +149,36 @@ def install_tenant_routes(app: FastAPI, ctx: GatewayContext) -> None:
     async def revoke_key(request: Request, key: str) -> dict[str, Any]:
         await admin(request)
         return _jsonable(await store(t.revoke_key, key))
+
+    @app.post("/admin/sites/{name}/curtail")
+    async def curtail(request: Request, name: str) -> dict[str, Any]:
+        """Every node of the site sheds its load: streams move to other sites."""
+        await admin(request)
+        body = parse_json_object(await request.body() or b"{}")
+        within = body.get("within_s", 60)
+        if isinstance(within, bool) or not isinstance(within, int | float) or within <= 0:
+            raise invalid("'within_s' must be a positive number of seconds.", param="within_s")
+        return await signal_site(name, True, float(within),
+                                 str(body.get("reason") or "curtailment signal"))
+
+    @app.post("/admin/sites/{name}/resume")
+    async def resume(request: Request, name: str) -> dict[str, Any]:
+        await admin(request)
+        return await signal_site(name, False, 0.0, "curtailment over")
+
+    async def signal_site(name: str, active: bool, within_s: float,
+                          reason: str) -> dict[str, Any]:
+        if ctx.bus is None:
+            raise APIError(503, "No fleet bus on this gateway.", type="server_error")
+        try:
+            site = await store(fleet.get_site, name)
+        except fleet.FleetError as exc:
+            raise APIError(404, str(exc), code="site_not_found") from None
+        signal = CurtailSignal(site_id=site.id, site_name=site.name, active=active,
+                               within_s=within_s, reason=reason)
+        await ctx.bus.publish(CURTAIL, encode(signal))
+        return {"site": site.name, "curtailed": active, "within_s": within_s,
+                "reason": reason}
 
     @app.put("/admin/prices/{model_id:path}")
     async def set_price(request: Request, model_id: str) -> dict[str, Any]:

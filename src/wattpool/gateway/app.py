@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from wattpool import __version__
+from wattpool.bus import Bus
 from wattpool.control.router import Router
 from wattpool.gateway.admin import install_tenant_routes
 from wattpool.gateway.dispatch import Dispatcher, DispatchTrace
@@ -50,6 +51,8 @@ class GatewayContext:
     is_leader: Callable[[], bool] = lambda: True
     # API keys, limits, prices; None: open access without limits (tests, local use).
     tenancy: Tenancy | None = None
+    # The fleet bus, for operator signals from the admin API (curtailment).
+    bus: Bus | None = None
 
 
 class RequestIdMiddleware:

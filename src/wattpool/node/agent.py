@@ -76,6 +76,7 @@ class NodeAgent:
         self._reply_sub: Subscription | None = None
         self._last_answer = time.monotonic()
         self._warned_silent = False
+        self.power_state = "on"
 
     @property
     def identity_file(self) -> Path:
@@ -150,6 +151,7 @@ class NodeAgent:
             hardware=probe(),
             instances=self.supervisor.statuses(),
             in_flight=self.bridge.in_flight if self.bridge else 0,
+            power_state=self.power_state,
         )
         # Fire and forget: the answer arrives on our inbox whenever a leader sends it, so
         # a missing leader never slows the heartbeats other replicas route by.
@@ -172,7 +174,30 @@ class NodeAgent:
             log.warning("control plane does not know this node; joining again")
             await self.join()
             return
+        if desired.power == "curtailed":
+            await self._curtail(desired.reason or "curtailment")
+            return
+        if self.power_state != "on":
+            log.warning("curtailment over: taking work again")
+            self.power_state = "on"
+            if self.bridge is not None:
+                self.bridge.resume()
+            self._poke()
         await self.supervisor.apply(desired.instances)
+
+    async def _curtail(self, reason: str) -> None:
+        """Shed load now: no new work, in-flight streams to other sites, engines off."""
+        if self.power_state == "curtailed":
+            return
+        started = time.monotonic()
+        self.power_state = "draining"
+        self._poke()  # every gateway stops routing here at its next heartbeat
+        moved = await self.bridge.drain(reason) if self.bridge else 0
+        await self.supervisor.apply([])
+        self.power_state = "curtailed"
+        self._poke()
+        log.warning("curtailed (%s): moved %d stream(s), engines stopped in %.2fs",
+                    reason, moved, time.monotonic() - started)
 
     async def _heartbeat_loop(self) -> None:
         while True:

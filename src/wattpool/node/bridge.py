@@ -88,7 +88,9 @@ class InferBridge:
         self.default_max_tokens = default_max_tokens
         self.idle_timeout_s = idle_timeout_s
         self.tasks: dict[str, asyncio.Task[None]] = {}
+        self._replies: dict[str, _Reply] = {}
         self._subs: list[Subscription] = []
+        self.draining: str | None = None  # why new work is refused, when it is
 
     @property
     def in_flight(self) -> int:
@@ -112,9 +114,36 @@ class InferBridge:
             return
         req = decode(msg.data, InferRequest)
         reply = _Reply(self.bus, msg.reply, req.request_id)
+        if self.draining:
+            await reply.error(503, f"node is draining: {self.draining}", retriable=True)
+            return
         task = asyncio.get_running_loop().create_task(self._serve(req, reply))
         self.tasks[req.request_id] = task
-        task.add_done_callback(lambda _t: self.tasks.pop(req.request_id, None))
+        self._replies[req.request_id] = reply
+
+        def forget(_t: asyncio.Task[None]) -> None:
+            self.tasks.pop(req.request_id, None)
+            self._replies.pop(req.request_id, None)
+
+        task.add_done_callback(forget)
+
+    async def drain(self, reason: str) -> int:
+        """Refuse new work and hand every in-flight stream back to its gateway, which
+        continues it on another node from the text already sent. Returns how many."""
+        self.draining = reason
+        moved = 0
+        for request_id, task in list(self.tasks.items()):
+            reply = self._replies.get(request_id)
+            task.cancel()  # closes the engine stream: the engine stops generating
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            if reply is not None:
+                await reply.error(503, f"node is draining: {reason}", retriable=True)
+                moved += 1
+        return moved
+
+    def resume(self) -> None:
+        self.draining = None
 
     async def _on_cancel(self, msg: Msg) -> None:
         cancel = decode(msg.data, CancelRequest)
