@@ -162,13 +162,13 @@ class Fleet:
         return proc, port
 
     def start_node(self, name: str, engines: str, token: str | None,
-                   prefix: Sequence[str] = ()) -> Proc:
+                   prefix: Sequence[str] = (), env: dict[str, str] | None = None) -> Proc:
         data_dir = self.root / "nodes" / name
         args = ["node", "join", "--nats", self.nats_url, "--engines", engines,
                 "--name", name, "--data-dir", str(data_dir)]
         if token:
             args += ["--token", token]
-        proc = Proc(args, self.root / f"node-{name}.log", self.env, prefix)
+        proc = Proc(args, self.root / f"node-{name}.log", {**self.env, **(env or {})}, prefix)
         self.nodes[name] = proc
         return proc
 

@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     replace_grace_s: float = Field(
         30.0, ge=0, description="How long a lost node keeps its instances before re-placement."
     )
+    audit_interval_s: float = Field(
+        60.0, ge=0, description="How often the leader sends canary audits (0: never)."
+    )
     nats_url: str | None = Field(
         None, description="NATS server(s) of the fleet bus, e.g. nats://127.0.0.1:4222."
     )

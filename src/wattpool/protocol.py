@@ -19,6 +19,7 @@ PROTOCOL_VERSION = 1
 JOIN = "wp.v1.join"
 HEARTBEAT_ALL = "wp.v1.hb.*"
 CURTAIL = "wp.v1.ctl.curtail"  # operator/grid signal to every control-plane replica
+REPUTATION = "wp.v1.ctl.reputation"  # audit verdicts, from the leader to every replica
 
 
 def heartbeat_subject(node_id: str) -> str:
@@ -229,3 +230,10 @@ class CurtailSignal(Message, kw_only=True):
     active: bool
     within_s: float = 60.0
     reason: str = "curtailment signal"
+
+
+class ReputationUpdate(Message, kw_only=True):
+    node_id: str
+    score: float
+    passes: int
+    fails: int

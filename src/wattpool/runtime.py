@@ -165,6 +165,7 @@ class Pool:
             heartbeat_interval_s=s.heartbeat_interval_s,
             heartbeat_timeout_s=s.heartbeat_timeout_s,
             reconcile_interval_s=s.reconcile_interval_s,
+            audit_interval_s=s.audit_interval_s,
         )
         await self.control.start()
         self.usage = UsageWriter(

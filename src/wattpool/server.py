@@ -73,6 +73,7 @@ class PoolServer:
             heartbeat_interval_s=s.heartbeat_interval_s,
             heartbeat_timeout_s=s.heartbeat_timeout_s,
             reconcile_interval_s=s.reconcile_interval_s,
+            audit_interval_s=s.audit_interval_s,
             replace_grace_s=s.replace_grace_s,
             leadership=leadership_for(self.db),
             trust_joins=False,

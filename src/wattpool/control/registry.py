@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from wattpool.clock import Clock
+from wattpool.policy.audit import Reputation
 from wattpool.policy.routing import InstanceSnapshot
 from wattpool.protocol import Hardware, Heartbeat, InstanceSpec, InstanceState
 
@@ -23,6 +24,7 @@ class NodeView:
     engines: tuple[str, ...] = ()  # engines the node runs; empty means any
     unreachable_since: float | None = None
     power_state: str = "on"  # as the node reports it: on, draining, curtailed
+    reputation: Reputation = field(default_factory=Reputation)  # from audits
 
 
 @dataclass(slots=True)
@@ -129,7 +131,7 @@ class Registry:
                     model_id=view.model_id,
                     # A draining or curtailed node takes no new work.
                     ready=view.state == "ready" and node is not None and node.reachable
-                    and node.power_state == "on",
+                    and node.power_state == "on" and not node.reputation.quarantined,
                     in_flight=view.in_flight,
                 )
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import replace
@@ -21,10 +22,19 @@ class Router:
 
     def decide(self, model_id: str, exclude: Iterable[str] = ()) -> RouteDecision:
         snapshots = [
-            replace(s, in_flight=max(s.in_flight, self.local_in_flight[s.instance_id]))
+            replace(s, in_flight=self._weighted_load(
+                s.node_id, max(s.in_flight, self.local_in_flight[s.instance_id])))
             for s in self.registry.snapshots(model_id)
         ]
         return pick_least_loaded(model_id, snapshots, exclude)
+
+    def _weighted_load(self, node_id: str, in_flight: int) -> int:
+        """A node with a lowered reputation looks busier, so it gets less traffic."""
+        node = self.registry.nodes.get(node_id)
+        weight = node.reputation.traffic_weight if node is not None else 1.0
+        if weight >= 1.0 or weight <= 0.0:
+            return in_flight
+        return math.ceil((in_flight + 1) / weight) - 1
 
     def pick(self, model_id: str, exclude: Iterable[str] = ()) -> InstanceView | None:
         decision = self.decide(model_id, exclude)

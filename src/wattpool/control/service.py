@@ -22,6 +22,7 @@ from sqlalchemy.engine import Engine
 
 from wattpool.bus import Bus, Msg, Subscription
 from wattpool.clock import Clock
+from wattpool.control.audit import Auditor
 from wattpool.control.leader import Leadership
 from wattpool.control.registry import InstanceView, Registry
 from wattpool.control.router import Router
@@ -85,6 +86,7 @@ class ControlPlane:
         leadership: Leadership | None = None,
         trust_joins: bool = True,
         issue_credentials: CredentialIssuer | None = None,
+        audit_interval_s: float = 0.0,
     ) -> None:
         self.bus = bus
         self.db = db
@@ -101,6 +103,8 @@ class ControlPlane:
         for d in deployments:
             self.registry.models[d.model_id] = d.context_length
         self.router = Router(self.registry)
+        self.auditor = Auditor(bus, self.registry, lambda: self.is_leader,
+                               interval_s=audit_interval_s)
         self._placements: dict[str, Placement] = {}
         self._specs: dict[str, InstanceSpec] = {}
         # False between winning leadership and adopting the stored placements: placing
@@ -122,11 +126,13 @@ class ControlPlane:
         self._subs.append(await self.bus.subscribe(HEARTBEAT_ALL, self._on_heartbeat))
         self._subs.append(await self.bus.subscribe(CURTAIL, self._on_curtail))
         await self.leadership.start()
+        await self.auditor.start()
         if self.is_leader:
             await self._take_over()  # before any join, so old placements are adopted first
         self._tasks.append(asyncio.get_running_loop().create_task(self._background()))
 
     async def stop(self) -> None:
+        await self.auditor.stop()
         for sub in self._subs:
             await sub.unsubscribe()
         for task in self._tasks:

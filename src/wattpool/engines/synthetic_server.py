@@ -55,9 +55,14 @@ STAT_KEYS = (
 Kind = Literal["chat", "text"]
 
 
+# Set in a node's environment to make its synthetic engine "serve a different model":
+# the audit tests use it to play a cheating node. Never set by wattpool itself.
+CHEAT_SHIFT = int(os.environ.get("WATTPOOL_SYNTHETIC_CHEAT_SHIFT", "0") or 0)
+
+
 def token_text(k: int) -> str:
     """Text of completion token k (0-based); depends on nothing else."""
-    return WORDS[k % len(WORDS)] + " "
+    return WORDS[(k + CHEAT_SHIFT) % len(WORDS)] + " "
 
 
 def count_tokens(text: str) -> int:

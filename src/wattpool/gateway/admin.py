@@ -150,6 +150,17 @@ def install_tenant_routes(app: FastAPI, ctx: GatewayContext) -> None:
         await admin(request)
         return _jsonable(await store(t.revoke_key, key))
 
+    @app.get("/admin/nodes")
+    async def nodes(request: Request) -> dict[str, Any]:
+        """This replica's live view: reachability, power state, audit reputation."""
+        await admin(request)
+        return {"object": "list", "data": [
+            {"id": n.node_id, "name": n.name, "reachable": n.reachable,
+             "power_state": n.power_state, "reputation": n.reputation.score,
+             "audits_passed": n.reputation.passes, "audits_failed": n.reputation.fails,
+             "quarantined": n.reputation.quarantined}
+            for n in ctx.router.registry.nodes.values()]}
+
     @app.post("/admin/sites/{name}/curtail")
     async def curtail(request: Request, name: str) -> dict[str, Any]:
         """Every node of the site sheds its load: streams move to other sites."""
