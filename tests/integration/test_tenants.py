@@ -218,3 +218,18 @@ def test_costs_in_usage_records_and_cli_export(pool: PoolProcess, admin: Admin) 
     records = list(csv.DictReader(io.StringIO(out)))
     assert sum(int(r["requests"]) for r in records) == 2
     assert sum(float(r["cost_usd"]) for r in records) == pytest.approx(35e-6)
+
+
+def test_keys_in_use_get_last_used_at(pool: PoolProcess, admin: Admin) -> None:
+    admin.tenant("tracked")
+    key = admin.key("tracked")
+    client(pool, key).completions.create(model=MODEL, prompt="x", max_tokens=1)
+    time.sleep(10.5)  # the gateway writes last_used_at in batches every 10 s
+    client(pool, key).completions.create(model=MODEL, prompt="x", max_tokens=1)
+    deadline = time.monotonic() + 5
+    while True:
+        rows = admin.call("GET", "/admin/keys", params={"tenant": "tracked"})["data"]
+        if rows[0]["last_used_at"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert rows[0]["last_used_at"] is not None

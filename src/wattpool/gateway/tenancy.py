@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 KEY_CACHE_TTL_S = 0.5
 PRICE_REFRESH_S = 10.0  # other replicas see a new price within this
 TOKEN_CHARGE_EVERY = 16  # completion tokens charged to TPM in batches of this many
+KEY_TOUCH_PERIOD_S = 10.0  # how often api_keys.last_used_at is brought up to date
 
 
 @dataclass
@@ -150,6 +151,9 @@ class Tenancy:
         self.prices = PriceBook(db)
         self.limiter_failures = 0
         self._seeded: set[tuple[str, str]] = set()
+        self._used_keys: set[str] = set()
+        self._touch_tasks: set[asyncio.Task[None]] = set()
+        self._touched_at = time.monotonic()
 
     async def authenticate(self, headers: Mapping[str, str]) -> Caller:
         token = _bearer(headers)
@@ -173,6 +177,7 @@ class Tenancy:
         if record.expires_at is not None and record.expires_at <= now:
             raise APIError(401, f"The API key {record.prefix}… expired at "
                            f"{record.expires_at:%Y-%m-%d %H:%M} UTC.", code="invalid_api_key")
+        self._note_use(record.key_id)
         scopes = [
             Scope("key", record.key_id,
                   Limits(record.key_rpm, record.key_tpm, record.key_max_concurrency)),
@@ -180,6 +185,24 @@ class Tenancy:
                   Limits(record.tenant_rpm, record.tenant_tpm, record.tenant_max_concurrency)),
         ]
         return Caller(auth=record, scopes=scopes)
+
+    def _note_use(self, key_id: str) -> None:
+        """Remember keys in use; their last_used_at is written in batches, off the path."""
+        self._used_keys.add(key_id)
+        if time.monotonic() - self._touched_at < KEY_TOUCH_PERIOD_S:
+            return
+        used, self._used_keys = self._used_keys, set()
+        self._touched_at = time.monotonic()
+
+        async def touch() -> None:
+            try:
+                await asyncio.to_thread(store_tenants.touch_keys, self.db, used)
+            except Exception as exc:  # the database may be down; usage is not at stake
+                log.debug("last_used_at not written: %s", exc)
+
+        task = asyncio.get_running_loop().create_task(touch())
+        self._touch_tasks.add(task)
+        task.add_done_callback(self._touch_tasks.discard)
 
     def require_admin(self, caller: Caller) -> None:
         if caller.auth is None and self.open_access:
