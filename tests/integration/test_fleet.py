@@ -107,9 +107,13 @@ def usage_rows(fleet: Fleet, request_ids: list[str]) -> dict[str, tuple[int, str
 
 def test_llama_node_serves_over_nats(fleet: Fleet) -> None:
     client = openai.OpenAI(base_url=base_url(fleet), api_key="x", max_retries=0)
-    reply = client.completions.create(model="gemma3-270m", prompt="The sea is", max_tokens=6)
-    assert reply.usage is not None and reply.usage.completion_tokens == 6
-    assert reply.choices[0].text.strip()
+    reply = client.completions.create(model="gemma3-270m", prompt="The sea is", max_tokens=6,
+                                      temperature=0)
+    assert reply.usage is not None and reply.choices[0].text.strip()
+    if reply.choices[0].finish_reason == "length":
+        assert reply.usage.completion_tokens == 6
+    else:  # the model may end its sentence early
+        assert 0 < reply.usage.completion_tokens < 6
 
 
 def test_large_prompt_crosses_nats(fleet: Fleet) -> None:

@@ -14,6 +14,7 @@ from wattpool.protocol import (
     JOIN,
     PROTOCOL_VERSION,
     CancelRequest,
+    CurtailSignal,
     DesiredState,
     Gpu,
     Hardware,
@@ -25,6 +26,7 @@ from wattpool.protocol import (
     JoinReply,
     JoinRequest,
     Message,
+    ReputationUpdate,
     Usage,
     cancel_subject,
     decode,
@@ -45,6 +47,10 @@ HARDWARE = Hardware(
 )
 
 MESSAGES: list[Message] = [
+    CurtailSignal(site_id="site_1", site_name="texas", active=True, within_s=30.0,
+                  reason="grid emergency"),
+    CurtailSignal(site_id="site_1", site_name="texas", active=False),
+    ReputationUpdate(node_id="node-1", score=0.25, passes=3, fails=2),
     JoinRequest(name="box-1", hardware=HARDWARE, token="secret", node_id="node-9"),
     JoinRequest(name="box-2", hardware=Hardware(cpu_count=2, memory_total=4, memory_available=3)),
     JoinReply(accepted=True, node_id="node-1", heartbeat_interval_s=0.5),
