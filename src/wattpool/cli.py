@@ -264,6 +264,13 @@ def _register_fleet_commands() -> None:
     app.add_typer(cli_tenants.prices_app, name="prices")
     app.command("usage")(cli_tenants.usage)
 
+    from wattpool import cli_economics
+
+    app.add_typer(cli_economics.operators_app, name="operators")
+    app.command("payouts")(cli_economics.payouts)
+    app.command("invoice")(cli_economics.invoice)
+    app.command("economics")(cli_economics.economics)
+
 
 _register_fleet_commands()
 

@@ -253,3 +253,86 @@ class UsageDaily(Base):
     prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     cost_micros: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+# --- operators and the ledger (0004) -------------------------------------------------
+
+
+class Operator(Base):
+    """Who runs sites and is paid for the tokens their nodes serve."""
+
+    __tablename__ = "operators"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # "op_..."
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# Added here rather than inside ``Site`` (that class belongs to the fleet code): a column
+# assigned to a mapped class after its creation joins its table and mapper alike.
+Site.operator_id = mapped_column(  # type: ignore[attr-defined]
+    String(64), ForeignKey("operators.id"), nullable=True, default=None
+)
+
+
+class LedgerTransaction(Base):
+    """The header of one balanced ledger transaction (its lines are ``LedgerEntry``)."""
+
+    __tablename__ = "ledger_transactions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # "txn_..."
+    kind: Mapped[str] = mapped_column(String(32))  # charge | refund | mature | clawback | ...
+    # One transaction per key ("charge:<request_id>", "refund:<refund id>", ...): a retried
+    # post is skipped by the database instead of doubling money.
+    idempotency_key: Mapped[str] = mapped_column(String(255), unique=True)
+    reference: Mapped[str | None] = mapped_column(String(128), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class LedgerEntry(Base):
+    """One line of a transaction: a signed amount on one account.
+
+    Debits are positive, credits negative, so every transaction and the whole ledger sum
+    to exactly 0. Append-only: corrections are new transactions, never updates.
+    """
+
+    __tablename__ = "ledger_entries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    txn_id: Mapped[str] = mapped_column(ForeignKey("ledger_transactions.id"), index=True)
+    account: Mapped[str] = mapped_column(String(128), index=True)
+    amount_micros: Mapped[int] = mapped_column(BigInteger)
+    # Copied from the header so statements filter lines without a join.
+    kind: Mapped[str] = mapped_column(String(32))
+    reference: Mapped[str | None] = mapped_column(String(128), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class LedgerCharge(Base):
+    """The open item of one charged request: its split, refunds so far and settlement.
+
+    The ledger lines say where money is; this row says what may still happen to the
+    operator's part (mature after the window, or be clawed back), and its conditional
+    updates are what makes a charge settle once and never refund more than it cost.
+    Plain ids, no foreign keys: like usage, the ledger outlives nodes and tenants.
+    """
+
+    __tablename__ = "ledger_charges"
+
+    request_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    txn_id: Mapped[str] = mapped_column(ForeignKey("ledger_transactions.id"))
+    tenant_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    node_id: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
+    operator_id: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    matures_at: Mapped[datetime] = mapped_column(index=True)
+    amount_micros: Mapped[int] = mapped_column(BigInteger)
+    operator_micros: Mapped[int] = mapped_column(BigInteger)
+    fee_micros: Mapped[int] = mapped_column(BigInteger)
+    reserve_micros: Mapped[int] = mapped_column(BigInteger)
+    withheld_micros: Mapped[int] = mapped_column(BigInteger)  # missed latency target
+    refunded_micros: Mapped[int] = mapped_column(BigInteger, default=0)
+    # None while pending; "matured" or "clawed_back" once, by a conditional UPDATE.
+    settled_kind: Mapped[str | None] = mapped_column(String(16), default=None)
+    settled_txn_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    settled_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -27,8 +27,9 @@ from wattpool.store.models import Base
 TABLES = {
     "nodes", "models", "deployments", "instances", "usage_records", "sites", "join_tokens",
     "tenants", "api_keys", "prices", "usage_daily",
+    "operators", "ledger_transactions", "ledger_entries", "ledger_charges",
 }
-HEAD = "0003"
+HEAD = "0004"
 
 
 def _tables(engine: Engine) -> set[str]:
@@ -115,7 +116,7 @@ def test_cli_autogenerate_finds_no_changes(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setattr(store_db, "MIGRATIONS_DIR", copy)
     monkeypatch.setattr(migrate_cli, "MIGRATIONS_DIR", copy)
     migrate_cli.main(["revision", "-m", "no changes", "--autogenerate"])
-    new = copy / "versions" / "0004_no_changes.py"
+    new = copy / "versions" / f"{int(HEAD) + 1:04d}_no_changes.py"
     text = new.read_text()
     assert f"down_revision: str | None = '{HEAD}'" in text
     assert "op.create_table" not in text and "op.add_column" not in text
