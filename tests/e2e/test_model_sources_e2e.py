@@ -52,8 +52,11 @@ def test_up_serves_another_model_source(tmp_path: Path, gguf: Path, kind: str) -
         pool.wait_ready()
         client = openai.OpenAI(base_url=f"{pool.base_url}/v1", api_key="x", max_retries=0)
         assert [m.id for m in client.models.list()] == [expected_id]
-        reply = client.completions.create(model=expected_id, prompt="Paris is", max_tokens=4)
-        assert reply.usage is not None and reply.usage.completion_tokens == 4
+        reply = client.completions.create(model=expected_id, prompt="Paris is", max_tokens=4,
+                                          temperature=0)
+        assert reply.usage is not None and 0 < reply.usage.completion_tokens <= 4
+        if reply.choices[0].finish_reason == "length":
+            assert reply.usage.completion_tokens == 4
     finally:
         assert pool.stop() == 0, pool.log()
 

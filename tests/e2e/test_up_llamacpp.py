@@ -73,23 +73,43 @@ def test_model_list(client: openai.OpenAI) -> None:
     assert [m.id for m in client.models.list()] == [MODEL]
 
 
+ATTEMPTS = 3  # see compare_with_engine
+
+
+def compare_with_engine(pool: PoolProcess, prompt: str, max_tokens: int, through_gateway):  # type: ignore[no-untyped-def]
+    """Run the same greedy request through wattpool and straight on the engine.
+
+    llama.cpp reuses the KV cache of the previous prompt, and evaluating a prompt in other
+    batches can flip a near-tie even at temperature 0, so the two texts can differ now and
+    then. The prompt count must always agree; the texts and completion counts are
+    compared on the first attempt whose texts agree (of ATTEMPTS).
+    """
+    for _ in range(ATTEMPTS):
+        engine_usage(pool, prompt, max_tokens)  # the same cache state before each call
+        request_id, text, usage = through_gateway()
+        engine_text, counts = engine_usage(pool, prompt, max_tokens)
+        assert usage.prompt_tokens == counts["prompt_tokens"]
+        if text == engine_text:
+            assert usage.completion_tokens == counts["completion_tokens"]
+            return request_id, text, usage
+    raise AssertionError(f"texts differed in {ATTEMPTS} attempts: {text!r} / {engine_text!r}")
+
+
 def test_completion_counts_match_engine(pool: PoolProcess, client: openai.OpenAI) -> None:
     prompt = "The capital of France is"
-    # llama.cpp reuses the KV cache of the previous prompt, and evaluating a prompt in
-    # other batches can flip a near-tie even at temperature 0: put the engine in the same
-    # state (this prompt cached) before each of the two calls that are compared.
-    engine_usage(pool, prompt, 8)
-    raw = client.completions.with_raw_response.create(
-        model=MODEL, prompt=prompt, max_tokens=8, temperature=0
-    )
-    reply = raw.parse()
-    text, usage = engine_usage(pool, prompt, 8)
-    assert reply.choices[0].text == text and text.strip()
-    assert reply.usage is not None
-    assert reply.usage.prompt_tokens == usage["prompt_tokens"]
-    assert reply.usage.completion_tokens == usage["completion_tokens"] == 8
-    record = usage_record(pool, raw.headers["x-request-id"])
-    assert (record.prompt_tokens, record.completion_tokens) == (usage["prompt_tokens"], 8)
+
+    def gateway():  # type: ignore[no-untyped-def]
+        raw = client.completions.with_raw_response.create(
+            model=MODEL, prompt=prompt, max_tokens=8, temperature=0)
+        reply = raw.parse()
+        assert reply.usage is not None
+        return raw.headers["x-request-id"], reply.choices[0].text, reply.usage
+
+    request_id, text, usage = compare_with_engine(pool, prompt, 8, gateway)
+    assert text.strip()
+    record = usage_record(pool, request_id)
+    assert (record.prompt_tokens, record.completion_tokens) == (
+        usage.prompt_tokens, usage.completion_tokens)
     assert record.status == "ok" and record.kind == "completion"
 
 
@@ -98,24 +118,22 @@ def test_streamed_chat_with_usage(pool: PoolProcess, client: openai.OpenAI) -> N
         {"role": "system", "content": "You answer in one short sentence."},
         {"role": "user", "content": "Name a large city in Europe."},
     ]
-    engine_usage(pool, render_gemma(messages), 24)  # same engine cache state, as above
-    raw = client.chat.completions.with_raw_response.create(
-        model=MODEL, messages=messages, max_tokens=24, temperature=0, stream=True,
-        stream_options={"include_usage": True},
-    )
-    request_id = raw.headers["x-request-id"]
-    chunks = list(raw.parse())
-    pieces = [c.choices[0].delta.content for c in chunks
-              if c.choices and c.choices[0].delta.content]
-    assert len(pieces) >= 3, "text should arrive in several chunks"
-    usage_chunks = [c for c in chunks if c.usage is not None]
-    assert len(usage_chunks) == 1 and chunks[-1].usage is not None and chunks[-1].choices == []
-    usage = chunks[-1].usage
 
-    engine_text, engine_counts = engine_usage(pool, render_gemma(messages), 24)
-    assert "".join(pieces) == engine_text
-    assert usage.prompt_tokens == engine_counts["prompt_tokens"]
-    assert usage.completion_tokens == engine_counts["completion_tokens"]
+    def gateway():  # type: ignore[no-untyped-def]
+        raw = client.chat.completions.with_raw_response.create(
+            model=MODEL, messages=messages, max_tokens=24, temperature=0, stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = list(raw.parse())
+        pieces = [c.choices[0].delta.content for c in chunks
+                  if c.choices and c.choices[0].delta.content]
+        assert len(pieces) >= 3, "text should arrive in several chunks"
+        usage_chunks = [c for c in chunks if c.usage is not None]
+        assert len(usage_chunks) == 1 and chunks[-1].usage is not None
+        assert chunks[-1].choices == []
+        return raw.headers["x-request-id"], "".join(pieces), chunks[-1].usage
+
+    request_id, _, usage = compare_with_engine(pool, render_gemma(messages), 24, gateway)
     record = usage_record(pool, request_id)
     assert (record.prompt_tokens, record.completion_tokens) == (
         usage.prompt_tokens, usage.completion_tokens)
@@ -124,9 +142,10 @@ def test_streamed_chat_with_usage(pool: PoolProcess, client: openai.OpenAI) -> N
 
 def test_stream_without_usage_has_no_usage_chunk(client: openai.OpenAI) -> None:
     chunks = list(client.completions.create(
-        model=MODEL, prompt="Once upon a time", max_tokens=6, stream=True))
+        model=MODEL, prompt="Once upon a time", max_tokens=6, temperature=0, stream=True))
     assert all(c.usage is None for c in chunks)
-    assert chunks[-1].choices[0].finish_reason == "length"
+    # A sampled model may also end its text before max_tokens.
+    assert chunks[-1].choices[0].finish_reason in ("length", "stop")
 
 
 def test_prompt_longer_than_context(client: openai.OpenAI) -> None:
@@ -172,8 +191,8 @@ def test_killed_engine_is_restarted(pool: PoolProcess, client: openai.OpenAI) ->
     (instance,) = [i for i in status_json(pool)["instances"] if i["state"] != "stopped"]
     assert instance["state"] == "ready" and instance["restarts"] == 1
     assert pool.engine_processes()[0].pid != engine.pid
-    reply = client.completions.create(model=MODEL, prompt="Hello", max_tokens=3)
-    assert reply.usage is not None and reply.usage.completion_tokens == 3
+    reply = client.completions.create(model=MODEL, prompt="Hello", max_tokens=3, temperature=0)
+    assert reply.usage is not None and 0 < reply.usage.completion_tokens <= 3
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
