@@ -108,31 +108,41 @@ def test_llama_stream_continues_on_another_node(fleet: Fleet) -> None:
     fleet.wait_ready_instances(2, timeout=180)
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x",
                            max_retries=0)
-    stream = client.completions.create(
-        model="gemma3-270m", prompt="Here is a long story about a lighthouse keeper.",
-        max_tokens=120, temperature=0, stream=True, stream_options={"include_usage": True})
-    chunks = []
+    # A base model sometimes ends its text at once; try prompts until one streams past
+    # the kill point (the kill happens only then, so each try is a clean run).
+    prompts = ["Here is a long story about a lighthouse keeper.",
+               "Once upon a time, in a small village by the sea,",
+               "The history of the Roman Empire begins with"]
+    chunks: list = []  # type: ignore[type-arg]
     killed = False
-    for chunk in stream:
-        chunks.append(chunk)
-        if not killed and len(chunks) == 10:
-            # The busy engine is the one using CPU now; kill its node.
-            engines = {name: engine_children(fleet.nodes[name]) for name in ("l1", "l2")}
-            for procs in engines.values():
-                for p in procs:
-                    p.cpu_percent(None)
-            time.sleep(0.5)
-            busy = max(engines, key=lambda n: sum(p.cpu_percent(None) for p in engines[n]))
-            fleet.nodes[busy].kill9()
-            psutil.wait_procs([p for p in engines[busy]], timeout=10)
-            killed = True
-    assert killed
+    for prompt in prompts:
+        chunks = []
+        stream = client.completions.create(
+            model="gemma3-270m", prompt=prompt, max_tokens=120, temperature=0, stream=True,
+            stream_options={"include_usage": True})
+        for chunk in stream:
+            chunks.append(chunk)
+            if not killed and len(chunks) == 4:
+                # The busy engine is the one using CPU now; kill its node.
+                engines = {n: engine_children(fleet.nodes[n]) for n in ("l1", "l2")}
+                for procs in engines.values():
+                    for p in procs:
+                        p.cpu_percent(None)
+                time.sleep(0.5)
+                busy = max(engines,
+                           key=lambda n: sum(p.cpu_percent(None) for p in engines[n]))
+                fleet.nodes[busy].kill9()
+                psutil.wait_procs(list(engines[busy]), timeout=10)
+                killed = True
+        if killed:
+            break
+    assert killed, "every prompt ended before the kill point"
     text_chunks = [c for c in chunks if c.choices and c.choices[0].text]
     finish = [c.choices[0].finish_reason for c in chunks if c.choices
               and c.choices[0].finish_reason]
     usage = chunks[-1].usage
     assert finish in (["length"], ["stop"]), finish
-    assert usage is not None and len(text_chunks) > 10
+    assert usage is not None and len(text_chunks) > 4
     if finish == ["length"]:
         assert usage.completion_tokens == 120
     metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
