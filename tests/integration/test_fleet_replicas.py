@@ -142,7 +142,7 @@ def test_llama_stream_continues_on_another_node(fleet: Fleet) -> None:
               and c.choices[0].finish_reason]
     usage = chunks[-1].usage
     assert finish in (["length"], ["stop"]), finish
-    assert usage is not None and len(text_chunks) > 4
+    assert usage is not None and len(text_chunks) >= 4  # the continuation may stop at once
     if finish == ["length"]:
         assert usage.completion_tokens == 120
     metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
