@@ -13,6 +13,7 @@ import signal
 import socket
 from collections.abc import Generator
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from sqlalchemy.engine import Engine
@@ -133,41 +134,51 @@ def build_gateway(
     ))
 
 
-class Pool:
+class GatewayService:
+    """What `wattpool up` and `wattpool server` share: the listener, the database, a
+    control plane, usage metering, limits and the gateway, started and stopped in order.
+    """
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.deployment = default_deployment(settings)
         self.db: Engine | None = None
-        self.bus: LocalBus | None = None
+        self.bus: Bus | None = None
         self.control: ControlPlane | None = None
         self.usage: UsageWriter | None = None
-        self.agent: NodeAgent | None = None
         self.server: _Server | None = None
         self.listener: socket.socket | None = None
         self.limiter: Limiter | None = None
         self.metrics = GatewayMetrics()
-        # (API key, admin key) when this start created them; shown once, never stored.
-        self.first_run_keys: tuple[str, str] | None = None
 
     @property
-    def model_id(self) -> str:
-        return self.deployment.model_id
+    def port(self) -> int:
+        assert self.listener is not None
+        return int(self.listener.getsockname()[1])
 
-    async def start(self) -> None:
+    async def _open_state(self) -> Engine:
+        """Bind the port first (a taken port fails fast), then the migrated database."""
         s = self.settings
         self.listener = bind_listener(s.host, s.port)
         s.data_dir.mkdir(parents=True, exist_ok=True)
         self.db = make_engine(s.resolved_database_url())
         await asyncio.to_thread(migrate, self.db)
-        self.bus = LocalBus()
-        self.control = ControlPlane(
-            self.bus, self.db, SystemClock(), [self.deployment],
+        return self.db
+
+    def _control_plane(self, deployments: list[Deployment], **options: Any) -> ControlPlane:
+        s = self.settings
+        assert self.bus is not None and self.db is not None
+        return ControlPlane(
+            self.bus, self.db, SystemClock(), deployments,
             heartbeat_interval_s=s.heartbeat_interval_s,
             heartbeat_timeout_s=s.heartbeat_timeout_s,
             reconcile_interval_s=s.reconcile_interval_s,
             audit_interval_s=s.audit_interval_s,
+            **options,
         )
-        await self.control.start()
+
+    async def _start_gateway(self) -> None:
+        s = self.settings
+        assert self.bus is not None and self.db is not None and self.control is not None
         self.usage = UsageWriter(
             self.db, flush_interval_s=s.usage_flush_interval_s, batch_size=s.usage_batch_size,
             buffer_size=s.usage_buffer_size,
@@ -176,42 +187,20 @@ class Pool:
         self.limiter = make_limiter(s)
         self.server = build_gateway(s, self.bus, self.control, self.usage, self.metrics,
                                     self.db, self.limiter)
-        self.agent = NodeAgent(
-            self.bus, s.data_dir, name=s.node_name, threads=s.engine_threads,
-            heartbeat_interval_s=s.heartbeat_interval_s,
-            engine_start_timeout_s=s.engine_start_timeout_s,
-            engine_restart_backoff_s=s.engine_restart_backoff_s,
-            default_max_tokens=s.default_max_tokens, idle_timeout_s=s.idle_timeout_s,
-        )
-        await self.agent.start()
-        if not s.open_access:
-            self.first_run_keys = await asyncio.to_thread(create_first_keys, self.db)
-
-    @property
-    def port(self) -> int:
-        assert self.listener is not None
-        return int(self.listener.getsockname()[1])
 
     async def serve(self) -> None:
         """Serve HTTP until ``server.should_exit`` is set."""
         assert self.server is not None and self.listener is not None
         await self.server.serve(sockets=[self.listener])
 
-    def instance_states(self) -> list[tuple[str, str, str | None]]:
-        """(instance id, state, error) of every desired instance."""
-        if self.control is None:
-            return []
-        return [(v.instance_id, v.state, v.error)
-                for v in self.control.registry.instances.values()]
+    async def _control_stopped(self) -> None:
+        """Hook between stopping the control plane and the rest."""
 
     async def stop(self) -> None:
-        # Reverse order of start: nothing new comes in, engines go, then state.
-        if self.agent is not None:
-            await self.agent.stop()
+        # Reverse order of start: nothing new comes in, then state.
         if self.control is not None:
             await self.control.stop()
-            # The local node went down with us: say so for `wattpool status`.
-            await asyncio.to_thread(self.control.record_shutdown)
+            await self._control_stopped()
         if self.usage is not None:
             await self.usage.stop()
         if self.limiter is not None:
@@ -222,6 +211,57 @@ class Pool:
             self.db.dispose()
         if self.listener is not None:
             self.listener.close()
+
+
+class Pool(GatewayService):
+    """`wattpool up`: the service above, an in-process bus and one local node."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.deployment = default_deployment(settings)
+        self.agent: NodeAgent | None = None
+        # (API key, admin key) when this start created them; shown once, never stored.
+        self.first_run_keys: tuple[str, str] | None = None
+
+    @property
+    def model_id(self) -> str:
+        return self.deployment.model_id
+
+    async def start(self) -> None:
+        s = self.settings
+        db = await self._open_state()
+        self.bus = LocalBus()
+        self.control = self._control_plane([self.deployment])
+        await self.control.start()
+        await self._start_gateway()
+        self.agent = NodeAgent(
+            self.bus, s.data_dir, name=s.node_name, threads=s.engine_threads,
+            heartbeat_interval_s=s.heartbeat_interval_s,
+            engine_start_timeout_s=s.engine_start_timeout_s,
+            engine_restart_backoff_s=s.engine_restart_backoff_s,
+            default_max_tokens=s.default_max_tokens, idle_timeout_s=s.idle_timeout_s,
+        )
+        await self.agent.start()
+        if not s.open_access:
+            self.first_run_keys = await asyncio.to_thread(create_first_keys, db)
+
+    def instance_states(self) -> list[tuple[str, str, str | None]]:
+        """(instance id, state, error) of every desired instance."""
+        if self.control is None:
+            return []
+        return [(v.instance_id, v.state, v.error)
+                for v in self.control.registry.instances.values()]
+
+    async def stop(self) -> None:
+        # The engines go first, so nothing is left running when state closes.
+        if self.agent is not None:
+            await self.agent.stop()
+        await super().stop()
+
+    async def _control_stopped(self) -> None:
+        # The local node went down with us: say so for `wattpool status`.
+        assert self.control is not None
+        await asyncio.to_thread(self.control.record_shutdown)
 
 
 def install_stop_signals(stop: asyncio.Event) -> None:
