@@ -14,7 +14,6 @@ history serves as a stand-in live feed for tests and demos.
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import logging
 import time
@@ -25,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from wattpool.policy.power import PricePoint, price_at, should_curtail
+from wattpool.policy.power import PricePoint, price_at
 
 log = logging.getLogger(__name__)
 
@@ -112,15 +111,3 @@ class PriceFeed:
                 log.warning("price feed %s failed: %s", self.source.get("url"), exc)
             self._last_http = (now, value)
         return value
-
-
-def decide_site(price: float | None, threshold: float | None, curtailed_now: bool) -> bool:
-    return should_curtail(price, threshold, curtailed_now)
-
-
-async def poll_prices(feeds: Mapping[str, PriceFeed]) -> dict[str, float | None]:
-    """Current price per site id; a failing feed gives None (keep the current state)."""
-    results = await asyncio.gather(*(f.current() for f in feeds.values()),
-                                   return_exceptions=True)
-    return {site: (None if isinstance(r, BaseException) else r)
-            for site, r in zip(feeds, results, strict=True)}
