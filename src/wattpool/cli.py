@@ -269,6 +269,10 @@ def _register_fleet_commands() -> None:
     app.add_typer(cli_economics.operators_app, name="operators")
     app.command("payouts")(cli_economics.payouts)
     app.command("invoice")(cli_economics.invoice)
+
+    from wattpool import cli_sim
+
+    app.command("sim")(cli_sim.sim)
     app.command("economics")(cli_economics.economics)
 
 
