@@ -270,9 +270,10 @@ def _register_fleet_commands() -> None:
     app.command("payouts")(cli_economics.payouts)
     app.command("invoice")(cli_economics.invoice)
 
-    from wattpool import cli_sim
+    from wattpool import cli_bench, cli_sim
 
     app.command("sim")(cli_sim.sim)
+    app.command("bench")(cli_bench.bench)
     app.command("economics")(cli_economics.economics)
 
 
