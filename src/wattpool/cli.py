@@ -253,7 +253,11 @@ def _register_fleet_commands() -> None:
 
     app.command("server")(cli_fleet.server)
     app.add_typer(cli_fleet.node_app, name="node")
-    app.add_typer(cli_fleet.sites_app, name="sites")
+
+    from wattpool import cli_sites
+
+    app.add_typer(cli_sites.sites_app, name="sites")
+    app.command("route")(cli_sites.route)
     app.add_typer(cli_fleet.tokens_app, name="tokens")
     app.add_typer(cli_fleet.nats_app, name="nats")
 

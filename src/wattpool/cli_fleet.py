@@ -1,4 +1,4 @@
-"""Fleet commands: `wattpool server`, `node join`, `sites`, `tokens`, `nats init`."""
+"""Fleet commands: `wattpool server`, `node join`, `tokens`, `nats init` (sites: cli_sites)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from wattpool.config import Settings
 
-sites_app = typer.Typer(help="Sites: places that run nodes (operator side).",
-                        no_args_is_help=True)
 tokens_app = typer.Typer(help="One-time join tokens for sites (operator side).",
                          no_args_is_help=True)
 node_app = typer.Typer(help="Run a node at a site.", no_args_is_help=True)
@@ -54,44 +51,6 @@ def parse_duration(text: str) -> timedelta:
         raise typer.BadParameter(f"{text!r}: use a number and s, m, h or d, like 30m or 2h")
     value, unit = int(match.group(1)), match.group(2)
     return timedelta(seconds=value * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit])
-
-
-@sites_app.command("add")
-def sites_add(
-    name: str,
-    region: Annotated[str, typer.Option(help="Region of the site, e.g. us-tx.")],
-    data_dir: DataDirOpt = None,
-    database_url: DbOpt = None,
-) -> None:
-    """Register a site."""
-    from wattpool.store.fleet import FleetError, add_site
-
-    console, err = _console()
-    engine = _db(_settings(data_dir=data_dir, database_url=database_url))
-    try:
-        site = add_site(engine, name, region)
-    except FleetError as exc:
-        err.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from None
-    finally:
-        engine.dispose()
-    console.print(f"site [bold]{site.name}[/bold] ({site.region}) added as {site.id}")
-
-
-@sites_app.command("list")
-def sites_list(data_dir: DataDirOpt = None, database_url: DbOpt = None) -> None:
-    """List sites."""
-    from wattpool.store.fleet import list_sites
-
-    console, _ = _console()
-    engine = _db(_settings(data_dir=data_dir, database_url=database_url))
-    try:
-        table = Table("name", "region", "id", title="sites")
-        for site in list_sites(engine):
-            table.add_row(site.name, site.region, site.id)
-    finally:
-        engine.dispose()
-    console.print(table)
 
 
 @tokens_app.command("create")
@@ -305,29 +264,3 @@ def _admin_post(url: str, key: str | None, path: str, body: dict[str, object]) -
         err.print(f"[red]{resp.status_code}: {message}[/red]")
         raise typer.Exit(1)
     return dict(resp.json())
-
-
-@sites_app.command("curtail")
-def sites_curtail(
-    name: str,
-    within: Annotated[str, typer.Option(help="Deadline to shed the load, e.g. 60s, 10m.")]
-    = "60s",
-    reason: Annotated[str, typer.Option(help="Why (logged).")] = "curtailment signal",
-    url: GatewayOpt = "http://127.0.0.1:8000",
-    key: AdminKeyOpt = None,
-) -> None:
-    """Curtail a site: its nodes take no new work, move their streams elsewhere, idle."""
-    console, _ = _console()
-    seconds = parse_duration(within).total_seconds()
-    out = _admin_post(url, key, f"/admin/sites/{name}/curtail",
-                      {"within_s": seconds, "reason": reason})
-    console.print(f"site {out['site']} curtailed within {out['within_s']:.0f}s")
-
-
-@sites_app.command("resume")
-def sites_resume(name: str, url: GatewayOpt = "http://127.0.0.1:8000",
-                 key: AdminKeyOpt = None) -> None:
-    """End a site's curtailment: its nodes load their engines and take work again."""
-    console, _ = _console()
-    _admin_post(url, key, f"/admin/sites/{name}/resume", {})
-    console.print(f"site {name} resumes")

@@ -89,6 +89,13 @@ class Settings(BaseSettings):
     audit_interval_s: float = Field(
         60.0, ge=0, description="How often the leader sends canary audits (0: never)."
     )
+    power_poll_s: float = Field(
+        5.0, gt=0, description="How often sites' power prices are read (routing, curtailment)."
+    )
+    batch_price_ceiling: float | None = Field(
+        None, description="Batch requests wait for an instance at a site whose power price "
+        "(per MWh) is at most this, up to their deadline; unset: no waiting."
+    )
     nats_url: str | None = Field(
         None, description="NATS server(s) of the fleet bus, e.g. nats://127.0.0.1:4222."
     )

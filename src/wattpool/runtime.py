@@ -122,6 +122,7 @@ def build_gateway(
         bus, router, attempts=s.dispatch_attempts,
         ack_timeout_s=s.ack_timeout_s, first_token_timeout_s=s.first_token_timeout_s,
         idle_timeout_s=s.idle_timeout_s, retry_after_s=s.retry_after_s, admission=admission,
+        batch_price_ceiling=s.batch_price_ceiling, batch_deadline_s=s.batch_queue_timeout_s,
     )
     app = create_app(GatewayContext(
         router=control.router, dispatcher=dispatcher, usage=usage,
@@ -173,6 +174,8 @@ class GatewayService:
             heartbeat_timeout_s=s.heartbeat_timeout_s,
             reconcile_interval_s=s.reconcile_interval_s,
             audit_interval_s=s.audit_interval_s,
+            route_slots=s.instance_slots,
+            power_poll_s=s.power_poll_s,
             **options,
         )
 

@@ -52,11 +52,20 @@ def test_curtailment_under_load_loses_nothing(fleet: Fleet) -> None:
     assert len(texas_engines) == 2
     url = f"http://127.0.0.1:{fleet.servers[0][1]}/v1"
     timings: dict[str, float] = {}
+    streaming: list[int] = []
+    all_busy = asyncio.Event()
 
     async def stream(client: openai.AsyncOpenAI, i: int) -> tuple[str, str]:
         raw = await client.completions.with_raw_response.create(
             model="synthetic", prompt=f"job {i}", max_tokens=MAX_TOKENS, stream=True)
-        parts = [c.choices[0].text async for c in raw.parse() if c.choices]
+        parts = []
+        async for c in raw.parse():
+            if c.choices:
+                parts.append(c.choices[0].text)
+                if len(parts) == 1:
+                    streaming.append(i)
+                    if len(streaming) >= 8:
+                        all_busy.set()
         return raw.headers["x-request-id"], "".join(parts)
 
     async def load() -> list[tuple[str, str]]:
@@ -68,7 +77,10 @@ def test_curtailment_under_load_loses_nothing(fleet: Fleet) -> None:
                 return await stream(client, i)
 
         async def signal() -> None:
-            await asyncio.sleep(1.5)  # every node is mid-stream
+            # 8 streams over 4 instances: every node is mid-stream (a slow machine may
+            # take a while to get there, so wait for it rather than for a fixed time).
+            await asyncio.wait_for(all_busy.wait(), 60)
+            await asyncio.sleep(0.3)
             timings["signal"] = time.monotonic()
             await asyncio.to_thread(curtail_cli, fleet, "curtail", "texas", "--within",
                                     f"{DEADLINE_S}s", "--reason", "grid emergency")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from wattpool.control.registry import InstanceView, Registry
-from wattpool.control.router import Router
+from wattpool.control.router import RouteHints, Router, prompt_text_of
 from wattpool.protocol import (
     Hardware,
     Heartbeat,
@@ -75,8 +75,7 @@ class Fleet:
         ))
 
     def chosen(self, model_id: str = "m") -> str | None:
-        decision = self.router.decide(model_id)
-        return decision.chosen.instance_id if decision.chosen else None
+        return self.router.decide(model_id).chosen
 
 
 @pytest.fixture
@@ -170,9 +169,10 @@ def test_silent_node_becomes_unreachable_and_leaves_routing(fleet: Fleet) -> Non
 
     ready = {s.instance_id: s.ready for s in fleet.registry.snapshots("m")}
     assert ready == {"i1": False, "i2": True}
-    decision = fleet.router.decide("m")
-    assert decision.chosen is not None and decision.chosen.instance_id == "i2"
-    assert decision.rejected == {"i1": "not ready"}
+    decision = fleet.router.decide("m", explain=True)
+    assert decision.chosen == "i2"
+    dropped = {r.instance_id: r.reason for r in decision.report or () if r.dropped_by}
+    assert list(dropped) == ["i1"] and "not ready" in dropped["i1"]
 
     # Marking again reports nothing new.
     assert fleet.registry.mark_unreachable() == []
@@ -203,13 +203,6 @@ def test_only_ready_instances_are_routable(fleet: Fleet) -> None:
         assert fleet.router.pick("m") is None, state
     fleet.beat("n1", ("i1", "ready", 0))
     assert fleet.chosen() == "i1"
-
-
-def test_desired_for(fleet: Fleet) -> None:
-    fleet.instance("i3", "n1", model_id="other")
-    assert [s.instance_id for s in fleet.registry.desired_for("n1")] == ["i1", "i3"]
-    assert [s.instance_id for s in fleet.registry.desired_for("n2")] == ["i2"]
-    assert fleet.registry.desired_for("nobody") == []
 
 
 def test_snapshots_are_per_model(fleet: Fleet) -> None:
@@ -289,7 +282,8 @@ def test_router_decision_does_not_change_registry(fleet: Fleet) -> None:
     fleet.router.acquire("i1")
     fleet.router.acquire("i1")
     decision = fleet.router.decide("m")
-    assert decision.chosen is not None and decision.chosen.in_flight == 2
+    assert decision.chosen == "i1"
+    assert [c.in_flight for c in fleet.router.candidates("m") if c.instance_id == "i1"] == [2]
     assert fleet.registry.instances["i1"].in_flight == 1
 
 
@@ -304,3 +298,84 @@ def test_known_model_without_instances(fleet: Fleet) -> None:
     fleet.registry.models["lonely"] = 4096
     assert fleet.router.knows_model("lonely") is True
     assert fleet.router.pick("lonely") is None
+
+
+# --- price, power and hints (the policy's filters and energy scorer, live) ----------------
+
+
+def test_cheaper_site_wins_when_all_else_is_equal(fleet: Fleet) -> None:
+    fleet.beat("n1", ("i1", "ready", 0))
+    fleet.beat("n2", ("i2", "ready", 0))
+    fleet.router.node_site.update({"n1": "s1", "n2": "s2"})
+    fleet.router.site_prices.update({"s1": 90.0, "s2": 30.0})
+    assert fleet.chosen() == "i2"
+    fleet.router.site_prices.update({"s1": 10.0})
+    assert fleet.chosen() == "i1"
+
+
+def test_load_still_outweighs_a_small_price_difference(fleet: Fleet) -> None:
+    fleet.beat("n1", ("i1", "ready", 0))
+    fleet.beat("n2", ("i2", "ready", 3))
+    fleet.router.node_site.update({"n1": "s1", "n2": "s2"})
+    fleet.router.site_prices.update({"s1": 41.0, "s2": 40.0})
+    assert fleet.chosen() == "i1"
+
+
+def test_curtailed_site_is_never_picked_and_explained(fleet: Fleet) -> None:
+    fleet.beat("n1", ("i1", "ready", 0))
+    fleet.beat("n2", ("i2", "ready", 5))
+    fleet.router.node_site.update({"n1": "s1", "n2": "s2"})
+    fleet.router.curtailed_sites = {"s1": object()}
+    decision = fleet.router.decide("m", explain=True)
+    assert decision.chosen == "i2"
+    reasons = {r.instance_id: r.reason for r in decision.report or () if r.dropped_by}
+    assert "curtailed" in reasons["i1"]
+    fleet.router.curtailed_sites = {"s1": object(), "s2": object()}
+    assert fleet.router.pick("m") is None
+    assert not fleet.router.has_ready("m")
+
+
+def test_max_price_hint_keeps_only_cheap_sites(fleet: Fleet) -> None:
+    fleet.beat("n1", ("i1", "ready", 0))
+    fleet.beat("n2", ("i2", "ready", 9))
+    fleet.router.node_site.update({"n1": "s1", "n2": "s2"})
+    fleet.router.site_prices.update({"s1": 120.0, "s2": 20.0})
+    cheap = RouteHints(max_price=50.0)
+    assert fleet.router.pick("m", hints=cheap) is fleet.registry.instances["i2"]
+    assert fleet.router.has_ready("m", max_price=50.0)
+    assert not fleet.router.has_ready("m", max_price=10.0)
+    assert fleet.router.pick("m", hints=RouteHints(max_price=10.0)) is None
+
+
+def test_site_without_a_price_gets_the_mean_price(fleet: Fleet) -> None:
+    fleet.beat("n1", ("i1", "ready", 0))
+    fleet.beat("n2", ("i2", "ready", 0))
+    fleet.router.node_site.update({"n1": "s1"})
+    fleet.router.site_prices.update({"s1": 80.0, "s3": 20.0})
+    prices = {c.instance_id: c.price_per_mwh for c in fleet.router.candidates("m")}
+    assert prices == {"i1": 80.0, "i2": 50.0}
+
+
+def test_prompt_text_of_requests() -> None:
+    assert prompt_text_of({"prompt": "abc"}) == "abc"
+    assert prompt_text_of({"prompt": ["a", "b", 3]}) == "ab"
+    chat = {"messages": [{"role": "system", "content": "be brief"},
+                         {"role": "user", "content": "hi"}, "junk"]}
+    assert prompt_text_of(chat) == "system:be brief\nuser:hi\n"
+    assert prompt_text_of({}) == ""
+
+
+def test_shared_prompt_prefix_sticks_to_one_instance_until_it_is_busier(fleet: Fleet) -> None:
+    fleet.beat("n1", ("i1", "ready", 0))
+    fleet.beat("n2", ("i2", "ready", 0))
+    system = "You are a careful assistant for ACME's billing team. " * 20  # > 1 KB
+    first = fleet.router.pick("m", hints=RouteHints(system + "question one"))
+    assert first is not None
+    other = "i2" if first.instance_id == "i1" else "i1"
+    fleet.router.acquire(first.instance_id)  # one request more than the other
+    again = fleet.router.pick("m", hints=RouteHints(system + "question two"))
+    assert again is not None and again.instance_id == first.instance_id
+    for _ in range(4):  # now far busier: affinity yields to load
+        fleet.router.acquire(first.instance_id)
+    moved = fleet.router.pick("m", hints=RouteHints(system + "question three"))
+    assert moved is not None and moved.instance_id == other

@@ -24,6 +24,7 @@ from wattpool.bus import Bus, Msg, Subscription
 from wattpool.clock import Clock
 from wattpool.control.audit import Auditor
 from wattpool.control.leader import Leadership
+from wattpool.control.power import PowerWatch
 from wattpool.control.registry import InstanceView, Registry
 from wattpool.control.router import Router
 from wattpool.policy.placement import DeploymentSpec, NodeCapacity, Placement, plan_placement
@@ -87,6 +88,8 @@ class ControlPlane:
         trust_joins: bool = True,
         issue_credentials: CredentialIssuer | None = None,
         audit_interval_s: float = 0.0,
+        route_slots: int = 4,
+        power_poll_s: float = 5.0,
     ) -> None:
         self.bus = bus
         self.db = db
@@ -102,7 +105,7 @@ class ControlPlane:
         self.registry = Registry(clock=clock, heartbeat_timeout_s=heartbeat_timeout_s)
         for d in deployments:
             self.registry.models[d.model_id] = d.context_length
-        self.router = Router(self.registry)
+        self.router = Router(self.registry, slots=route_slots)
         self.auditor = Auditor(bus, self.registry, lambda: self.is_leader,
                                interval_s=audit_interval_s)
         self._placements: dict[str, Placement] = {}
@@ -112,7 +115,9 @@ class ControlPlane:
         self._adopted = False
         # site_id -> the active curtailment signal; every replica keeps it (failover).
         self.curtailed: dict[str, CurtailSignal] = {}
-        self._node_site: dict[str, str | None] = {}
+        self.router.curtailed_sites = self.curtailed
+        self.power = PowerWatch(db, self.router, self._publish_curtail, lambda: self.is_leader,
+                                period_s=power_poll_s)
         self._subs: list[Subscription] = []
         self._tasks: list[asyncio.Task[Any]] = []
         self._writes: set[asyncio.Task[Any]] = set()
@@ -127,9 +132,12 @@ class ControlPlane:
         self._subs.append(await self.bus.subscribe(CURTAIL, self._on_curtail))
         await self.leadership.start()
         await self.auditor.start()
+        await self._restore_curtailments()
         if self.is_leader:
             await self._take_over()  # before any join, so old placements are adopted first
-        self._tasks.append(asyncio.get_running_loop().create_task(self._background()))
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._background()))
+        self._tasks.append(loop.create_task(self.power.run()))
 
     async def stop(self) -> None:
         await self.auditor.stop()
@@ -200,7 +208,7 @@ class ControlPlane:
             raise JoinRefused("a join token is required: wattpool tokens create --site NAME")
         self.registry.add_node(node_id, req.name, req.hardware, tuple(req.engines))
         if site_id is not None:
-            self._node_site[node_id] = site_id
+            self.router.node_site[node_id] = site_id
         await asyncio.to_thread(
             repo.upsert_node, self.db, node_id, req.name, msgspec.to_builtins(req.hardware),
             "ready", datetime.now(UTC), site_id=site_id, public_key=req.public_key,
@@ -260,10 +268,32 @@ class ControlPlane:
             self.curtailed.pop(signal.site_id, None)
         # Learn which nodes belong to which site (joins before this process started).
         rows = await asyncio.to_thread(repo.list_nodes, self.db)
-        self._node_site.update({r.id: r.site_id for r in rows})
+        self.router.node_site.update({r.id: r.site_id for r in rows if r.site_id})
+
+    async def _publish_curtail(self, signal: CurtailSignal) -> None:
+        await self.bus.publish(CURTAIL, encode(signal))
+
+    async def _restore_curtailments(self) -> None:
+        """Curtailments still open in the store hold across restarts and failovers."""
+        try:
+            open_ones = await asyncio.to_thread(fleet.active_curtailments, self.db)
+            sites = {s.id: s for s in await asyncio.to_thread(fleet.list_sites, self.db)}
+            rows = await asyncio.to_thread(repo.list_nodes, self.db)
+        except Exception:
+            log.exception("could not read open curtailments; the power watch retries")
+            return
+        self.router.node_site.update({r.id: r.site_id for r in rows if r.site_id})
+        for c in open_ones:
+            name = sites[c.site_id].name if c.site_id in sites else c.site_id
+            self.curtailed[c.site_id] = CurtailSignal(site_id=c.site_id, site_name=name,
+                                                      active=True, within_s=c.within_s,
+                                                      reason=c.reason)
+        if open_ones:
+            log.warning("%d site(s) still curtailed: %s", len(open_ones),
+                        ", ".join(s.site_name for s in self.curtailed.values()))
 
     def _power_for(self, node_id: str) -> CurtailSignal | None:
-        site = self._node_site.get(node_id)
+        site = self.router.node_site.get(node_id)
         return self.curtailed.get(site) if site else None
 
     # --- background ------------------------------------------------------------
@@ -316,6 +346,7 @@ class ControlPlane:
                 view.state = "stopped"
                 self._persist_instance(view, self._placements[instance_id].deployment_id)
                 log.info("unplaced %s from %s", instance_id, view.node_id)
+            self.router.forget_instance(instance_id)
         for instance_id, p in wanted.items():
             if instance_id in self._placements:
                 continue

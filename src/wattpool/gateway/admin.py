@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi import FastAPI, Request
 
+from wattpool.control.router import RouteHints, prompt_text_of
 from wattpool.gateway.errors import APIError, invalid
 from wattpool.gateway.validation import parse_json_object
+from wattpool.policy.decision import explain, explain_text
 from wattpool.protocol import CURTAIL, CurtailSignal, encode
 from wattpool.store import fleet
 from wattpool.store import tenants as t
@@ -161,30 +163,81 @@ def install_tenant_routes(app: FastAPI, ctx: GatewayContext) -> None:
              "quarantined": n.reputation.quarantined}
             for n in ctx.router.registry.nodes.values()]}
 
+    @app.post("/admin/route")
+    async def route(request: Request) -> dict[str, Any]:
+        """Where a request would go now, and why (``wattpool route --explain``); sends
+        nothing."""
+        await admin(request)
+        body = parse_json_object(await request.body())
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise invalid("'model' is required.", param="model")
+        if not ctx.router.knows_model(model):
+            raise APIError(404, f"The model '{model}' does not exist.",
+                           code="model_not_found", param="model")
+        max_tokens = body.get("max_tokens")
+        hints = RouteHints(prompt_text_of(body),
+                           max_tokens if isinstance(max_tokens, int) else None)
+        decision = ctx.router.decide(model, hints=hints, explain=True)
+        return {"decision": explain(decision), "text": explain_text(decision)}
+
+    @app.get("/admin/sites/{name}")
+    async def site_power(request: Request, name: str) -> dict[str, Any]:
+        """The site's power settings, current price and curtailment (``sites show``)."""
+        await admin(request)
+        site = await site_named(name)
+        open_ones = [c for c in await store(fleet.curtailment_history, site.id, 1)
+                     if c.ended_at is None]
+        out = _jsonable(site)
+        out["price_now"] = ctx.router.site_price(site.id)
+        out["curtailment"] = _jsonable(open_ones[0]) if open_ones else None
+        return out
+
     @app.post("/admin/sites/{name}/curtail")
     async def curtail(request: Request, name: str) -> dict[str, Any]:
-        """Every node of the site sheds its load: streams move to other sites."""
+        """Every node of the site sheds its load: streams move to other sites.
+
+        The deadline is ``within_s``, or that of the site's demand-response programme
+        named by ``program``, or 60 s.
+        """
         await admin(request)
         body = parse_json_object(await request.body() or b"{}")
-        within = body.get("within_s", 60)
+        site = await site_named(name)
+        program = body.get("program")
+        if program is not None:
+            match = [c for c in site.dr_commitments if c.name == program]
+            if not match:
+                known = ", ".join(c.name for c in site.dr_commitments) or "none"
+                raise invalid(f"site {site.name} has no demand-response programme "
+                              f"{program!r} (it has: {known}).", param="program")
+            within: Any = match[0].within_s
+        else:
+            within = body.get("within_s", 60)
         if isinstance(within, bool) or not isinstance(within, int | float) or within <= 0:
             raise invalid("'within_s' must be a positive number of seconds.", param="within_s")
-        return await signal_site(name, True, float(within),
-                                 str(body.get("reason") or "curtailment signal"))
+        reason = str(body.get("reason") or (f"demand response: {program}" if program
+                                            else "curtailment signal"))
+        await store(fleet.start_curtailment, site.id, "signal", float(within), reason)
+        return await signal_site(site, True, float(within), reason)
 
     @app.post("/admin/sites/{name}/resume")
     async def resume(request: Request, name: str) -> dict[str, Any]:
         await admin(request)
-        return await signal_site(name, False, 0.0, "curtailment over")
+        site = await site_named(name)
+        await store(fleet.end_curtailment, site.id)
+        return await signal_site(site, False, 0.0, "curtailment over")
 
-    async def signal_site(name: str, active: bool, within_s: float,
-                          reason: str) -> dict[str, Any]:
+    async def site_named(name: str) -> fleet.SiteRow:
         if ctx.bus is None:
             raise APIError(503, "No fleet bus on this gateway.", type="server_error")
         try:
-            site = await store(fleet.get_site, name)
+            return await store(fleet.get_site, name)
         except fleet.FleetError as exc:
             raise APIError(404, str(exc), code="site_not_found") from None
+
+    async def signal_site(site: fleet.SiteRow, active: bool, within_s: float,
+                          reason: str) -> dict[str, Any]:
+        assert ctx.bus is not None
         signal = CurtailSignal(site_id=site.id, site_name=site.name, active=active,
                                within_s=within_s, reason=reason)
         await ctx.bus.publish(CURTAIL, encode(signal))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +26,7 @@ import msgspec
 
 from wattpool.bus import Bus, Msg
 from wattpool.control.registry import InstanceView
-from wattpool.control.router import Router
+from wattpool.control.router import RouteHints, Router, prompt_text_of
 from wattpool.gateway.admission import AdmissionController, PriorityClass, QueueTimeout, Ticket
 from wattpool.gateway.errors import APIError
 from wattpool.protocol import (
@@ -43,6 +44,43 @@ from wattpool.protocol import (
 
 log = logging.getLogger(__name__)
 WATCH_PERIOD_S = 0.25
+
+
+class _Inbox:
+    """The chunks sent to one attempt's inbox.
+
+    Waiting costs a future and a timer, not a task: ``asyncio.wait_for`` wraps its
+    awaitable in a new task on every call, and a stream waits once per chunk.
+    """
+
+    def __init__(self) -> None:
+        self.items: deque[bytes] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    async def put(self, msg: Msg) -> None:
+        self.items.append(msg.data)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self, timeout: float) -> bool:
+        """Whether a chunk is there, waiting up to ``timeout`` seconds for one."""
+        if self.items:
+            return True
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_later(timeout, _wake, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+        return bool(self.items)
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class _AttemptFailed(Exception):
@@ -63,6 +101,7 @@ class DispatchTrace:
     failed: list[str] = field(default_factory=list)
     continuations: int = 0
     preemptions: int = 0
+    power_wait_s: float = 0.0  # a batch request's wait for cheap power
     finished: bool = False
     ticket: Ticket | None = None
 
@@ -72,9 +111,12 @@ class Dispatcher:
         self, bus: Bus, router: Router, *, attempts: int, ack_timeout_s: float,
         first_token_timeout_s: float, idle_timeout_s: float, retry_after_s: int,
         admission: AdmissionController | None = None,
+        batch_price_ceiling: float | None = None, batch_deadline_s: float = 300.0,
     ) -> None:
         self.bus = bus
         self.router = router
+        self.batch_price_ceiling = batch_price_ceiling
+        self.batch_deadline_s = batch_deadline_s
         self.admission = admission
         self.attempts = attempts
         self.ack_timeout_s = ack_timeout_s
@@ -91,6 +133,30 @@ class Dispatcher:
             headers={"Retry-After": str(self.retry_after_s)},
         )
 
+    async def _wait_for_cheap_power(self, request_id: str, model: str,
+                                    trace: DispatchTrace) -> float | None:
+        """Wait, up to the batch deadline, until an instance runs on cheap power.
+
+        Returns the price ceiling when such an instance is ready (route there), None when
+        the deadline passed or the model has no ready instance at all (route anywhere: the
+        usual capacity rules then apply).
+        """
+        ceiling = self.batch_price_ceiling
+        assert ceiling is not None
+        started = time.monotonic()
+        deadline = started + self.batch_deadline_s
+        while True:
+            if self.router.has_ready(model, max_price=ceiling):
+                trace.power_wait_s = time.monotonic() - started
+                return ceiling
+            if not self.router.has_ready(model) or time.monotonic() >= deadline:
+                trace.power_wait_s = time.monotonic() - started
+                if trace.power_wait_s > 0.5:
+                    log.info("%s: no power at or under %g/MWh within %.0fs; runs anyway",
+                             request_id, ceiling, trace.power_wait_s)
+                return None
+            await asyncio.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+
     async def _admit(self, request_id: str, model: str, klass: PriorityClass) -> Ticket | None:
         if self.admission is None:
             return None
@@ -105,9 +171,13 @@ class Dispatcher:
         self, request_id: str, kind: RequestKind, model: str, body: dict[str, Any],
         trace: DispatchTrace, klass: PriorityClass = "interactive",
     ) -> AsyncIterator[InferChunk]:
+        max_price = None
+        if klass == "batch" and self.batch_price_ceiling is not None:
+            max_price = await self._wait_for_cheap_power(request_id, model, trace)
         trace.ticket = await self._admit(request_id, model, klass)
         try:
-            async for chunk in self._run_admitted(request_id, kind, model, body, trace, klass):
+            async for chunk in self._run_admitted(request_id, kind, model, body, trace, klass,
+                                                  max_price):
                 yield chunk
         finally:
             if self.admission is not None and trace.ticket is not None:
@@ -115,13 +185,19 @@ class Dispatcher:
 
     async def _run_admitted(
         self, request_id: str, kind: RequestKind, model: str, body: dict[str, Any],
-        trace: DispatchTrace, klass: PriorityClass,
+        trace: DispatchTrace, klass: PriorityClass, max_price: float | None = None,
     ) -> AsyncIterator[InferChunk]:
         sent_text: list[str] = []
         sent_tokens = 0
         last_failure: str | None = None
+        text = prompt_text_of(body)
+        max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
+        hints = RouteHints(text, max_tokens if isinstance(max_tokens, int) else None)
+        cheap = RouteHints(text, hints.max_tokens, max_price) if max_price is not None else None
         while len(trace.failed) < self.attempts:
-            inst = self.router.pick(model, exclude=trace.failed)
+            # Batch work that waited for cheap power goes there if it still can.
+            inst = self.router.pick(model, trace.failed, cheap) if cheap else None
+            inst = inst or self.router.pick(model, trace.failed, hints)
             if inst is None:
                 break
             # Count the request against the instance before any await, so requests that
@@ -188,53 +264,61 @@ class Dispatcher:
     async def _attempt(
         self, inst: InstanceView, request: InferRequest, ticket: Ticket | None
     ) -> AsyncIterator[InferChunk]:
-        """Chunks of one instance's answer; raises _AttemptFailed when it cannot finish."""
-        queue: asyncio.Queue[bytes] = asyncio.Queue()
+        """Chunks of one instance's answer; raises _AttemptFailed when it cannot finish.
 
-        async def on_reply(msg: Msg) -> None:
-            queue.put_nowait(msg.data)
-
+        Deltas that wait in the inbox together (the client, or this gateway, fell behind
+        the node) are yielded as one: their text joined, their token counts added.
+        """
+        box = _Inbox()
         inbox = self.bus.new_inbox()
-        sub = await self.bus.subscribe(inbox, on_reply)
+        sub = await self.bus.subscribe(inbox, box.put)
         finished = False
         try:
             await self.bus.publish(infer_subject(inst.node_id), encode(request), reply=inbox)
             acked = False
             expected_seq = 0
             last_heard = time.monotonic()
+            held: InferChunk | None = None  # decoded, not yet yielded
             while True:
                 if ticket is not None and ticket.preempt.is_set():
                     raise _Preempted()
-                if not acked:
-                    limit = self.ack_timeout_s
-                elif expected_seq <= 1:
-                    limit = self.first_token_timeout_s
+                if held is not None:
+                    chunk, held = held, None
                 else:
-                    limit = self.idle_timeout_s
-                try:
-                    raw = await asyncio.wait_for(queue.get(), WATCH_PERIOD_S)
-                except TimeoutError:
-                    if not self.router.node_reachable(inst.node_id):
-                        raise _AttemptFailed(f"node {inst.node_id} unreachable") from None
-                    if time.monotonic() - last_heard > limit:
-                        what = "accept the request" if not acked else "send the next chunk"
-                        raise _AttemptFailed(
-                            f"node {inst.node_id} did not {what} within {limit:.1f}s"
-                        ) from None
-                    continue
-                last_heard = time.monotonic()
-                try:
-                    chunk = decode(raw, InferChunk)
-                except msgspec.DecodeError as exc:
-                    raise _AttemptFailed(f"malformed chunk: {exc}") from None
-                if chunk.seq != expected_seq:
-                    raise _AttemptFailed(f"chunk {chunk.seq} arrived, {expected_seq} expected")
-                expected_seq += 1
+                    if not box.items:
+                        if not acked:
+                            limit = self.ack_timeout_s
+                        elif expected_seq <= 1:
+                            limit = self.first_token_timeout_s
+                        else:
+                            limit = self.idle_timeout_s
+                        if not await box.wait(WATCH_PERIOD_S):
+                            if not self.router.node_reachable(inst.node_id):
+                                raise _AttemptFailed(f"node {inst.node_id} unreachable")
+                            if time.monotonic() - last_heard > limit:
+                                what = ("accept the request" if not acked
+                                        else "send the next chunk")
+                                raise _AttemptFailed(
+                                    f"node {inst.node_id} did not {what} within {limit:.1f}s")
+                            continue
+                        last_heard = time.monotonic()
+                    chunk = self._next_chunk(box, expected_seq)
+                    expected_seq += 1
                 if chunk.kind == "ack":
                     acked = True
                     continue
                 if chunk.kind == "error" and chunk.retriable:
                     raise _AttemptFailed(chunk.error_message or "node error")
+                if chunk.kind == "delta":
+                    chunk.tokens = chunk.tokens or 1
+                    while box.items:  # coalesce what is already here
+                        more = self._next_chunk(box, expected_seq)
+                        expected_seq += 1
+                        if more.kind != "delta":
+                            held = more
+                            break
+                        chunk.text += more.text
+                        chunk.tokens += more.tokens or 1
                 if chunk.kind in ("final", "error"):
                     finished = True
                 yield chunk
@@ -247,3 +331,13 @@ class Dispatcher:
                     # Client gone, node failed or silent: make sure the engine stops.
                     await self.bus.publish(cancel_subject(inst.node_id),
                                            encode(CancelRequest(request_id=request.request_id)))
+
+    @staticmethod
+    def _next_chunk(box: _Inbox, expected_seq: int) -> InferChunk:
+        try:
+            chunk = decode(box.items.popleft(), InferChunk)
+        except msgspec.DecodeError as exc:
+            raise _AttemptFailed(f"malformed chunk: {exc}") from None
+        if chunk.seq != expected_seq:
+            raise _AttemptFailed(f"chunk {chunk.seq} arrived, {expected_seq} expected")
+        return chunk

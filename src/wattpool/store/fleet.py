@@ -12,13 +12,14 @@ import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from wattpool.store.models import JoinToken, Site, utcnow
+from wattpool.store.models import Curtailment, JoinToken, Site, utcnow
 
 TOKEN_PREFIX = "wpj_"
 
@@ -33,6 +34,29 @@ class SiteRow:
     name: str
     region: str
     created_at: datetime
+    power_cap_kw: float | None = None
+    price_source: dict[str, Any] | None = None
+    curtail_above: float | None = None  # per MWh, the price source's currency
+    dr_commitments: tuple[DrCommitment, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DrCommitment:
+    """A demand-response programme the site is in: it must shed within ``within_s``."""
+
+    name: str
+    within_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class CurtailmentRow:
+    id: str
+    site_id: str
+    cause: str  # "signal" or "price"
+    within_s: float
+    reason: str
+    started_at: datetime
+    ended_at: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +74,10 @@ def hash_token(secret: str) -> str:
 
 
 def _site_row(s: Site) -> SiteRow:
-    return SiteRow(s.id, s.name, s.region, s.created_at)
+    commitments = tuple(DrCommitment(str(c["name"]), float(c["within_s"]))
+                        for c in s.dr_commitments or ())
+    return SiteRow(s.id, s.name, s.region, s.created_at, s.power_cap_kw, s.price_source,
+                   s.curtail_above, commitments)
 
 
 def add_site(engine: Engine, name: str, region: str) -> SiteRow:
@@ -121,3 +148,78 @@ def consume_join_token(engine: Engine, secret: str, node_id: str) -> SiteRow:
         site = s.get(Site, token.site_id)
         assert site is not None
         return _site_row(site)
+
+
+_UNSET: Any = object()
+
+
+def set_site_power(
+    engine: Engine, name: str, *, power_cap_kw: float | None = _UNSET,
+    price_source: dict[str, Any] | None = _UNSET, curtail_above: float | None = _UNSET,
+    dr_commitments: list[DrCommitment] | None = _UNSET,
+) -> SiteRow:
+    """Change the site's power settings; arguments left out keep their value, None clears."""
+    if power_cap_kw not in (_UNSET, None) and power_cap_kw <= 0:
+        raise FleetError("a power cap must be positive (kW)")
+    if dr_commitments not in (_UNSET, None):
+        for c in dr_commitments:
+            if not c.name.strip() or c.within_s <= 0:
+                raise FleetError("a demand-response commitment needs a name and a positive "
+                                 "deadline")
+    with Session(engine) as s, s.begin():
+        site = s.scalar(select(Site).where(Site.name == name))
+        if site is None:
+            raise FleetError(f"no site named {name!r}; add it with 'wattpool sites add'")
+        if power_cap_kw is not _UNSET:
+            site.power_cap_kw = power_cap_kw
+        if price_source is not _UNSET:
+            site.price_source = price_source
+        if curtail_above is not _UNSET:
+            site.curtail_above = curtail_above
+        if dr_commitments is not _UNSET:
+            site.dr_commitments = (None if dr_commitments is None else
+                                   [{"name": c.name, "within_s": c.within_s}
+                                    for c in dr_commitments])
+        s.flush()
+        return _site_row(site)
+
+
+def _curtailment_row(c: Curtailment) -> CurtailmentRow:
+    return CurtailmentRow(c.id, c.site_id, c.cause, c.within_s, c.reason, c.started_at,
+                          c.ended_at)
+
+
+def start_curtailment(engine: Engine, site_id: str, cause: str, within_s: float,
+                      reason: str) -> CurtailmentRow:
+    """Open a curtailment of the site, unless one is open already (then return that one)."""
+    with Session(engine) as s, s.begin():
+        open_one = s.scalar(select(Curtailment).where(Curtailment.site_id == site_id,
+                                                      Curtailment.ended_at.is_(None)))
+        if open_one is not None:
+            return _curtailment_row(open_one)
+        row = Curtailment(id=f"curt_{uuid.uuid4().hex[:12]}", site_id=site_id, cause=cause,
+                          within_s=within_s, reason=reason, started_at=utcnow())
+        s.add(row)
+        s.flush()
+        return _curtailment_row(row)
+
+
+def end_curtailment(engine: Engine, site_id: str) -> int:
+    """Close the site's open curtailment; returns how many were open (0 or 1)."""
+    with Session(engine) as s, s.begin():
+        return s.execute(update(Curtailment)
+                         .where(Curtailment.site_id == site_id, Curtailment.ended_at.is_(None))
+                         .values(ended_at=utcnow())).rowcount
+
+
+def active_curtailments(engine: Engine) -> list[CurtailmentRow]:
+    with Session(engine) as s:
+        rows = s.scalars(select(Curtailment).where(Curtailment.ended_at.is_(None)))
+        return [_curtailment_row(c) for c in rows]
+
+
+def curtailment_history(engine: Engine, site_id: str, limit: int = 10) -> list[CurtailmentRow]:
+    with Session(engine) as s:
+        rows = s.scalars(select(Curtailment).where(Curtailment.site_id == site_id)
+                         .order_by(Curtailment.started_at.desc()).limit(limit))
+        return [_curtailment_row(c) for c in rows]

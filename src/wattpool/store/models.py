@@ -166,6 +166,29 @@ class Site(Base):
     name: Mapped[str] = mapped_column(String(255), unique=True)
     region: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Power (docs/power-and-trust.md). Prices are per MWh in the feed's own currency.
+    power_cap_kw: Mapped[float | None] = mapped_column(Float, default=None)
+    price_source: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    curtail_above: Mapped[float | None] = mapped_column(Float, default=None)
+    # Demand-response programmes: [{"name": "ercot-ers-10", "within_s": 600}, ...]
+    dr_commitments: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, default=None)
+
+
+class Curtailment(Base):
+    """One curtailment of a site, from a signal or from its price; open while active.
+
+    Kept so that a control plane that restarts, or a new leader, curtails the same sites.
+    """
+
+    __tablename__ = "curtailments"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    site_id: Mapped[str] = mapped_column(ForeignKey("sites.id"), index=True)
+    cause: Mapped[str] = mapped_column(String(16))  # "signal" or "price"
+    within_s: Mapped[float] = mapped_column(Float)
+    reason: Mapped[str] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class JoinToken(Base):

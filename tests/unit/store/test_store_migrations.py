@@ -27,9 +27,9 @@ from wattpool.store.models import Base
 TABLES = {
     "nodes", "models", "deployments", "instances", "usage_records", "sites", "join_tokens",
     "tenants", "api_keys", "prices", "usage_daily",
-    "operators", "ledger_transactions", "ledger_entries", "ledger_charges",
+    "operators", "ledger_transactions", "ledger_entries", "ledger_charges", "curtailments",
 }
-HEAD = "0004"
+HEAD = "0005"
 
 
 def _tables(engine: Engine) -> set[str]:
