@@ -115,6 +115,13 @@ class SegmentCache:
         self._size[instance] = size
         return new
 
+    def depth_then_record(self, instance: str, blocks: PromptBlocks) -> int:
+        """``depth`` before the prompt is cached, then ``record`` it: what an instance
+        does when a request starts (one call on the simulator's hot path)."""
+        got = self.depth(instance, blocks)
+        self.record(instance, blocks)
+        return got
+
     def depth(self, instance: str, blocks: PromptBlocks) -> int:
         lru = self._lru.get(instance)
         if not lru:

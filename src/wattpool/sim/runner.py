@@ -19,11 +19,12 @@ import numpy as np
 
 from wattpool.policy.baselines import POLICY_NAMES
 from wattpool.sim import data as sim_data
-from wattpool.sim.engine import VARIANTS, Simulation
+from wattpool.sim.engine import VARIANTS
 from wattpool.sim.fleet import Fleet, generate_fleet
 from wattpool.sim.metrics import Slo, check_invariants, per_site, summarize
 from wattpool.sim.perf import load_profiles
 from wattpool.sim.regions import REGIONS
+from wattpool.sim.shard import run_sharded
 from wattpool.sim.types import SimConfig
 from wattpool.sim.workload import Workload, WorkloadConfig, build_workload
 
@@ -43,6 +44,9 @@ class RunSpec:
     slo: Slo = field(default_factory=Slo)
     sim: SimConfig = field(default_factory=SimConfig)
     usd_per_mtok: float = 0.88  # what customers pay, for revenue per site
+    # Processes per policy run: 1 is the exact simulation; more split the fleet and its
+    # demand (sim/shard.py; an approximation, stated in docs/simulator.md).
+    shards: int = 1
 
 
 @dataclass(slots=True)
@@ -141,10 +145,11 @@ def run(spec: RunSpec, progress: Callable[[str, float], None] | None = None,
     wall: dict[str, float] = {}
     invariants: dict[str, list[str]] = {}
     for name in spec.policies:
-        sim = Simulation(setup.fleet, setup.workload, name, spec.sim, seed=spec.seed)
         started = time.perf_counter()  # reported only; the simulation never reads it
-        res = sim.run(None if progress is None else
-                      (lambda frac, name=name: progress(name, frac)))
+        res = run_sharded(setup.fleet, setup.workload, name, spec.sim, seed=spec.seed,
+                          shards=spec.shards,
+                          progress=None if progress is None else
+                          (lambda frac, name=name: progress(name, frac)))
         wall[name] = round(time.perf_counter() - started, 2)
         results[name] = summarize(res, spec.slo, spec.usd_per_mtok)
         sites[name] = per_site(res, spec.usd_per_mtok)
