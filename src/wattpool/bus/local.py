@@ -49,6 +49,10 @@ class _LocalSubscription(Subscription):
 class LocalBus(Bus):
     def __init__(self) -> None:
         self._subs: list[_LocalSubscription] = []
+        # Subscriptions by exact subject, and those with wildcards: a stream's chunks go
+        # to its own inbox, so publishing must not test every open inbox's subject.
+        self._exact: defaultdict[str, list[_LocalSubscription]] = defaultdict(list)
+        self._wild: list[_LocalSubscription] = []
         self._round_robin: defaultdict[tuple[str, str], itertools.count[int]] = defaultdict(
             itertools.count
         )
@@ -59,9 +63,9 @@ class LocalBus(Bus):
             raise BusClosed("bus is closed")
         msg = Msg(subject=subject, data=bytes(data), reply=reply)
         groups: dict[tuple[str, str], list[_LocalSubscription]] = {}
-        for sub in self._subs:
-            if not subject_matches(sub.subject, subject):
-                continue
+        exact = self._exact.get(subject, ())
+        wild = [s for s in self._wild if subject_matches(s.subject, subject)]
+        for sub in (*exact, *wild) if wild else exact:
             if sub.queue_group is None:
                 sub.pending.put_nowait(msg)
             else:
@@ -77,11 +81,24 @@ class LocalBus(Bus):
             raise BusClosed("bus is closed")
         sub = _LocalSubscription(self, subject, handler, queue)
         self._subs.append(sub)
+        if _is_wild(subject):
+            self._wild.append(sub)
+        else:
+            self._exact[subject].append(sub)
         return sub
 
     def _remove(self, sub: _LocalSubscription) -> None:
         if sub in self._subs:
             self._subs.remove(sub)
+        if _is_wild(sub.subject):
+            if sub in self._wild:
+                self._wild.remove(sub)
+            return
+        members = self._exact.get(sub.subject)
+        if members is not None and sub in members:
+            members.remove(sub)
+            if not members:
+                del self._exact[sub.subject]
 
     async def close(self) -> None:
         self._closed = True
@@ -89,3 +106,7 @@ class LocalBus(Bus):
         for sub in subs:
             await sub.unsubscribe()
         await asyncio.gather(*(s.task for s in subs), return_exceptions=True)
+
+
+def _is_wild(subject: str) -> bool:
+    return any(token in ("*", ">") for token in subject.split("."))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -24,7 +23,7 @@ from wattpool.gateway.dispatch import Dispatcher, DispatchTrace
 from wattpool.gateway.errors import APIError, install_error_handlers
 from wattpool.gateway.metering import Meter
 from wattpool.gateway.metrics import GatewayMetrics
-from wattpool.gateway.responses import ResponseBuilder
+from wattpool.gateway.responses import ResponseBuilder, sse
 from wattpool.gateway.tenancy import Caller, Tenancy
 from wattpool.gateway.validation import (
     parse_json_object,
@@ -97,10 +96,6 @@ async def read_body(request: Request, limit: int) -> bytes:
         if len(body) > limit:
             raise too_large
     return bytes(body)
-
-
-def sse(obj: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
 
 
 def chunk_error(chunk: InferChunk) -> APIError:
@@ -208,7 +203,8 @@ def create_app(ctx: GatewayContext) -> FastAPI:
             async for chunk in prepend(first, chunks):
                 if chunk.kind == "delta":
                     text.append(chunk.text)
-                    await meter.token()
+                    for _ in range(chunk.tokens or 1):
+                        await meter.token()
                 elif chunk.kind == "final":
                     finish, usage = chunk.finish_reason or "stop", chunk.usage
                 elif chunk.kind == "error":
@@ -226,24 +222,31 @@ def create_app(ctx: GatewayContext) -> FastAPI:
         first: InferChunk, chunks: AsyncIterator[InferChunk], builder: ResponseBuilder,
         meter: Meter,
     ) -> AsyncIterator[bytes]:
+        # Events that are ready together leave in one write (role with the first text;
+        # finish, usage and [DONE] together): a socket write per event was the largest
+        # cost of a stream. A delta may hold several tokens when the node or this
+        # gateway fell behind (see Dispatcher._attempt).
         try:
             role = builder.role_chunk()
-            if role is not None:
-                yield sse(role)
-            async for chunk in prepend(first, chunks):
+            head = sse(role) if role is not None else b""
+            chunk: InferChunk | None = first
+            while chunk is not None:
                 if chunk.kind == "delta":
-                    await meter.token()
-                    yield sse(builder.delta_chunk(chunk.text))
+                    for _ in range(chunk.tokens or 1):
+                        await meter.token()
+                    yield head + builder.delta_event(chunk.text)
+                    head = b""
                 elif chunk.kind == "final":
-                    yield sse(builder.finish_chunk(chunk.finish_reason or "stop"))
+                    tail = sse(builder.finish_chunk(chunk.finish_reason or "stop"))
                     if builder.include_usage and chunk.usage is not None:
-                        yield sse(builder.usage_chunk(chunk.usage))
-                    yield b"data: [DONE]\n\n"
+                        tail += sse(builder.usage_chunk(chunk.usage))
+                    yield head + tail + b"data: [DONE]\n\n"
                     await meter.done("ok", 200, chunk.usage)
                 elif chunk.kind == "error":
                     # Headers are gone; OpenAI clients raise on an "error" event.
-                    yield sse(chunk_error(chunk).body())
+                    yield head + sse(chunk_error(chunk).body())
                     await meter.done("error", chunk.status)
+                chunk = await anext(chunks, None)
         finally:
             with anyio.CancelScope(shield=True):
                 await chunks.aclose()

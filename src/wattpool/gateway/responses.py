@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
 from wattpool.protocol import RequestKind, Usage
+
+encode_json = msgspec.json.Encoder().encode
+
+
+def sse(obj: dict[str, Any]) -> bytes:
+    """One server-sent event holding ``obj`` as compact JSON."""
+    return b"data: " + encode_json(obj) + b"\n\n"
 
 
 def usage_dict(usage: Usage | None) -> dict[str, int] | None:
@@ -25,6 +34,12 @@ class ResponseBuilder:
         self.model = model
         self.created = created
         self.include_usage = include_usage
+        # A streamed delta differs from the next only in its text, so the event is built
+        # once as two byte strings around the text: a delta then costs one string encode
+        # instead of a dict and a whole JSON document per token.
+        marker = "\x00text\x00"
+        template = sse(self.delta_chunk(marker))
+        self._delta_head, _, self._delta_tail = template.partition(encode_json(marker))
 
     def _chunk(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
         obj = "chat.completion.chunk" if self.kind == "chat" else "text_completion"
@@ -47,6 +62,10 @@ class ResponseBuilder:
             return self._chunk([{"index": 0, "delta": {"content": text}, "logprobs": None,
                                  "finish_reason": None}])
         return self._chunk([{"index": 0, "text": text, "logprobs": None, "finish_reason": None}])
+
+    def delta_event(self, text: str) -> bytes:
+        """``sse(self.delta_chunk(text))``, without building it each time."""
+        return self._delta_head + encode_json(text) + self._delta_tail
 
     def finish_chunk(self, finish_reason: str) -> dict[str, Any]:
         if self.kind == "chat":

@@ -16,6 +16,7 @@ import logging
 from typing import Any
 
 import httpx
+import msgspec
 
 from wattpool.bus import Bus, Msg, Subscription
 from wattpool.engines import EngineRequestError
@@ -32,6 +33,13 @@ from wattpool.protocol import (
 )
 
 log = logging.getLogger(__name__)
+_decode_event = msgspec.json.Decoder().decode
+_encode_body = msgspec.json.Encoder().encode
+_JSON = {"content-type": "application/json"}
+# After [DONE], how long to wait for the end of the engine's body. Reading it to the end
+# hands the connection back to the client's pool; an unread body makes httpx close it,
+# and every request then pays a new TCP connection to the engine.
+DRAIN_S = 1.0
 
 
 class _Reply:
@@ -75,6 +83,61 @@ def _parse_engine_error(status: int, raw: bytes) -> tuple[str, str, str | None, 
         pass
     kind = "invalid_request_error" if status < 500 else "server_error"
     return raw.decode(errors="replace")[:500] or f"engine answered {status}", kind, None, None
+
+
+class _EngineStream:
+    """Parses an engine's SSE stream and forwards its text, one delta per network read.
+
+    Events that arrive in the same read are sent as one ``delta`` whose ``tokens`` counts
+    them (one engine event carries one sampled token; llama.cpp may merge a few while it
+    completes a UTF-8 character). An engine that streams faster than the bridge reads
+    thus costs one bus message per read, not one per token; a paced engine still gets
+    one delta per token, since each event arrives on its own.
+    """
+
+    def __init__(self, reply: _Reply) -> None:
+        self.reply = reply
+        self.text_parts: list[str] = []
+        self.finish_reason: str | None = None
+        self.reported: Usage | None = None
+        self.done = False
+        self._rest = b""
+
+    async def feed(self, data: bytes) -> None:
+        *lines, self._rest = (self._rest + data).split(b"\n")
+        texts: list[str] = []
+        for line in lines:
+            if not line.startswith(b"data:"):
+                continue
+            payload = line[5:].strip()
+            if payload == b"[DONE]":
+                self.done = True
+                break
+            try:
+                event = _decode_event(payload)
+            except msgspec.DecodeError:
+                event = json.loads(payload)  # NaN/Infinity, which msgspec refuses
+            self._event(event, texts)
+        if texts:
+            self.text_parts.extend(texts)
+            await self.reply.send(kind="delta", text="".join(texts), tokens=len(texts))
+
+    def _event(self, event: Any, texts: list[str]) -> None:
+        if not isinstance(event, dict):
+            return
+        if event.get("usage"):
+            u = event["usage"]
+            self.reported = Usage(
+                prompt_tokens=int(u["prompt_tokens"]),
+                completion_tokens=int(u["completion_tokens"]),
+            )
+        for choice in event.get("choices") or []:
+            delta = choice.get("delta")
+            text = (delta or {}).get("content") if delta is not None else choice.get("text")
+            if text:
+                texts.append(text)
+            if choice.get("finish_reason"):
+                self.finish_reason = choice["finish_reason"]
 
 
 class InferBridge:
@@ -190,11 +253,10 @@ class InferBridge:
                 code=exc.code, param=exc.param,
             )
             return
-        text_parts: list[str] = []
-        finish_reason: str | None = None
-        reported: Usage | None = None
+        stream = _EngineStream(reply)
         timeout = httpx.Timeout(self.idle_timeout_s, connect=5.0)
-        async with client.stream("POST", call.path, json=call.payload, timeout=timeout) as resp:
+        async with client.stream("POST", call.path, content=_encode_body(call.payload),
+                                 headers=_JSON, timeout=timeout) as resp:
             if resp.status_code >= 400:
                 raw = await resp.aread()
                 message, err_type, code, param = _parse_engine_error(resp.status_code, raw)
@@ -203,32 +265,24 @@ class InferBridge:
                     error_type=err_type, code=code, param=param,
                 )
                 return
-            async for line in resp.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
+            # Raw chunks skip httpx's decoder and re-chunker, a layer per network read;
+            # an engine that compresses its stream still gets them.
+            body = resp.aiter_bytes() if "content-encoding" in resp.headers else resp.aiter_raw()
+            async for data in body:
+                await stream.feed(data)
+                if stream.done:
                     break
-                event = json.loads(data)
-                if event.get("usage"):
-                    u = event["usage"]
-                    reported = Usage(
-                        prompt_tokens=int(u["prompt_tokens"]),
-                        completion_tokens=int(u["completion_tokens"]),
-                    )
-                for choice in event.get("choices") or []:
-                    delta = choice.get("delta")
-                    text = (delta or {}).get("content") if delta is not None else choice.get("text")
-                    if text:
-                        text_parts.append(text)
-                        # An engine stream event carries one sampled token (llama.cpp may
-                        # merge a few while it completes a UTF-8 character).
-                        await reply.send(kind="delta", text=text, tokens=1)
-                    if choice.get("finish_reason"):
-                        finish_reason = choice["finish_reason"]
-        full_text = "".join(text_parts)
-        usage = await inst.adapter.final_usage(client, call, reported, full_text, finish_reason)
-        await reply.send(kind="final", finish_reason=finish_reason or "stop", usage=usage)
+            full_text = "".join(stream.text_parts)
+            usage = await inst.adapter.final_usage(client, call, stream.reported, full_text,
+                                                   stream.finish_reason)
+            await reply.send(kind="final", finish_reason=stream.finish_reason or "stop",
+                             usage=usage)
+            if stream.done:
+                # The client has its answer; what is left is the body's end (see DRAIN_S).
+                with contextlib.suppress(httpx.HTTPError, OSError, TimeoutError):
+                    async with asyncio.timeout(DRAIN_S):
+                        async for _ in body:
+                            pass
 
 
 async def cancel_quietly(task: asyncio.Task[Any]) -> None:
