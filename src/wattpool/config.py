@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from wattpool.economics.payouts import PayoutPolicy
 
 DEFAULT_MODEL = "gemma3-270m"
 
@@ -89,6 +92,27 @@ class Settings(BaseSettings):
     audit_interval_s: float = Field(
         60.0, ge=0, description="How often the leader sends canary audits (0: never)."
     )
+    pool_fee_pct: float = Field(
+        20.0, ge=0, le=100, description="Share of each charge the pool keeps, percent."
+    )
+    reserve_pct: float = Field(
+        5.0, ge=0, le=100, description="Share of each charge set aside for refunds, percent."
+    )
+    late_weight_pct: float = Field(
+        50.0, ge=0, le=100, description="Percent of the operator share paid when an "
+        "interactive request's TTFT misses the target."
+    )
+    ttft_target_ms: float = Field(
+        2000.0, gt=0, description="Latency target of interactive requests, for payouts."
+    )
+    challenge_window_s: float = Field(
+        86400.0, ge=0, description="Operator credit turns payable this long after the "
+        "request; an audit failure before then claws it back."
+    )
+    ledger_interval_s: float = Field(
+        30.0, gt=0, description="How often the leader charges unposted usage and matures "
+        "credit whose challenge window ended."
+    )
     power_poll_s: float = Field(
         5.0, gt=0, description="How often sites' power prices are read (routing, curtailment)."
     )
@@ -152,6 +176,16 @@ class Settings(BaseSettings):
     )
 
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
+
+    def payout_policy(self) -> PayoutPolicy:
+        from datetime import timedelta
+
+        from wattpool.economics.payouts import PayoutPolicy
+
+        return PayoutPolicy.from_percent(
+            pool_fee=str(self.pool_fee_pct), reserve=str(self.reserve_pct),
+            late_weight=str(self.late_weight_pct), ttft_target_ms=self.ttft_target_ms,
+            challenge_window=timedelta(seconds=self.challenge_window_s))
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -31,7 +31,7 @@ from wattpool.gateway.dispatch import Dispatcher
 from wattpool.gateway.metrics import GatewayMetrics
 from wattpool.gateway.tenancy import Tenancy
 from wattpool.node.agent import NodeAgent
-from wattpool.store import UsageWriter, make_engine, migrate, tenants
+from wattpool.store import UsageWriter, ledger, make_engine, migrate, tenants
 
 log = logging.getLogger(__name__)
 
@@ -176,15 +176,19 @@ class GatewayService:
             audit_interval_s=s.audit_interval_s,
             route_slots=s.instance_slots,
             power_poll_s=s.power_poll_s,
+            payout_policy=s.payout_policy(),
+            ledger_interval_s=s.ledger_interval_s,
             **options,
         )
 
     async def _start_gateway(self) -> None:
         s = self.settings
         assert self.bus is not None and self.db is not None and self.control is not None
+        policy, db = s.payout_policy(), self.db
         self.usage = UsageWriter(
             self.db, flush_interval_s=s.usage_flush_interval_s, batch_size=s.usage_batch_size,
             buffer_size=s.usage_buffer_size,
+            charge=lambda batch: ledger.post_usage(db, batch, policy),
         )
         await self.usage.start()
         self.limiter = make_limiter(s)

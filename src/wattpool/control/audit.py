@@ -47,10 +47,12 @@ CANARIES = (
 class Auditor:
     def __init__(self, bus: Bus, registry: Registry, is_leader: Callable[[], bool], *,
                  interval_s: float, max_tokens: int = 16, timeout_s: float = 30.0,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 on_fail: Callable[[str, str], None] | None = None) -> None:
         self.bus = bus
         self.registry = registry
         self.is_leader = is_leader
+        self.on_fail = on_fail  # (node id, audit id): the ledger claws back its credit
         self.interval_s = interval_s
         self.max_tokens = max_tokens
         self.timeout_s = timeout_s
@@ -111,6 +113,7 @@ class Auditor:
                                                                strict=True)
                    if text is not None}
         self.rounds += 1
+        audit_id = f"audit_{uuid.uuid4().hex[:12]}"
         for node_id, passed in judge(by_node).items():
             node = self.registry.nodes.get(node_id)
             if node is None:
@@ -119,6 +122,8 @@ class Auditor:
             after = update(before, passed)
             node.reputation = after
             if not passed:
+                if self.on_fail is not None:
+                    self.on_fail(node_id, audit_id)
                 log.warning("audit: node %s failed a canary for %s (reputation %.2f -> %.2f)",
                             node_id, model, before.score, after.score)
             if after.quarantined and not before.quarantined:

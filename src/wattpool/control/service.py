@@ -27,6 +27,7 @@ from wattpool.control.leader import Leadership
 from wattpool.control.power import PowerWatch
 from wattpool.control.registry import InstanceView, Registry
 from wattpool.control.router import Router
+from wattpool.economics.payouts import PayoutPolicy
 from wattpool.policy.placement import DeploymentSpec, NodeCapacity, Placement, plan_placement
 from wattpool.protocol import (
     CURTAIL,
@@ -41,7 +42,7 @@ from wattpool.protocol import (
     decode,
     encode,
 )
-from wattpool.store import fleet, repo
+from wattpool.store import fleet, ledger, repo
 
 log = logging.getLogger(__name__)
 # last_seen is for people reading `wattpool status`; routing uses the in-memory view.
@@ -90,6 +91,8 @@ class ControlPlane:
         audit_interval_s: float = 0.0,
         route_slots: int = 4,
         power_poll_s: float = 5.0,
+        payout_policy: PayoutPolicy | None = None,
+        ledger_interval_s: float = 30.0,
     ) -> None:
         self.bus = bus
         self.db = db
@@ -107,12 +110,15 @@ class ControlPlane:
             self.registry.models[d.model_id] = d.context_length
         self.router = Router(self.registry, slots=route_slots)
         self.auditor = Auditor(bus, self.registry, lambda: self.is_leader,
-                               interval_s=audit_interval_s)
+                               interval_s=audit_interval_s, on_fail=self._audit_failed)
+        self.payout_policy = payout_policy
+        self.ledger_interval_s = ledger_interval_s
         self._placements: dict[str, Placement] = {}
         self._specs: dict[str, InstanceSpec] = {}
         # False between winning leadership and adopting the stored placements: placing
         # before that would duplicate (and then drop) instances that already run.
         self._adopted = False
+        self._take_over_lock = asyncio.Lock()
         # site_id -> the active curtailment signal; every replica keeps it (failover).
         self.curtailed: dict[str, CurtailSignal] = {}
         self.router.curtailed_sites = self.curtailed
@@ -130,9 +136,11 @@ class ControlPlane:
         self._subs.append(await self.bus.subscribe(JOIN, self._on_join))
         self._subs.append(await self.bus.subscribe(HEARTBEAT_ALL, self._on_heartbeat))
         self._subs.append(await self.bus.subscribe(CURTAIL, self._on_curtail))
+        # Before leadership starts: winning it runs _take_over, which must be the only
+        # thing in flight then.
+        await self._restore_curtailments()
         await self.leadership.start()
         await self.auditor.start()
-        await self._restore_curtailments()
         if self.is_leader:
             await self._take_over()  # before any join, so old placements are adopted first
         loop = asyncio.get_running_loop()
@@ -158,6 +166,13 @@ class ControlPlane:
 
     async def _take_over(self) -> None:
         """New leader: write the deployments, adopt the placements already in the store."""
+        # Winning leadership (a task) and start() may both get here: adopt once.
+        async with self._take_over_lock:
+            if self._adopted or not self.is_leader:
+                return
+            await self._adopt()
+
+    async def _adopt(self) -> None:
         await asyncio.to_thread(self._persist_deployments)
         rows = await asyncio.to_thread(repo.list_instances, self.db)
         self._placements, self._specs = {}, {}
@@ -300,6 +315,7 @@ class ControlPlane:
 
     async def _background(self) -> None:
         last_seen_written = self.clock.monotonic()
+        last_ledger_run = self.clock.monotonic()
         while True:
             await asyncio.sleep(min(self.reconcile_interval_s, self.heartbeat_interval_s) / 2)
             lost = self.registry.mark_unreachable()
@@ -311,6 +327,10 @@ class ControlPlane:
             if self.clock.monotonic() - last_seen_written >= LAST_SEEN_WRITE_PERIOD_S:
                 last_seen_written = self.clock.monotonic()
                 self._persist(self._write_last_seen)
+            if self.payout_policy is not None and \
+                    self.clock.monotonic() - last_ledger_run >= self.ledger_interval_s:
+                last_ledger_run = self.clock.monotonic()
+                self._persist(self._settle_ledger, self.payout_policy)
             self.reconcile()
 
     def _placeable(self, node_id: str) -> bool:
@@ -376,6 +396,27 @@ class ControlPlane:
         )
 
     # --- persistence (off the hot path) ------------------------------------------
+
+    def _settle_ledger(self, policy: PayoutPolicy) -> None:
+        """Charge usage the gateways could not post, and mature credit past its window."""
+        charged = ledger.post_unposted_usage(self.db, policy)
+        matured = ledger.mature_due(self.db, datetime.now(UTC))
+        if charged or matured.charges:
+            log.info("ledger: charged %d late request(s); %d charge(s) now payable",
+                     charged, matured.charges)
+
+    def _audit_failed(self, node_id: str, audit_id: str) -> None:
+        """A failed audit costs the node the credit still inside its challenge window."""
+        if self.payout_policy is None:
+            return
+
+        def claw_back() -> None:
+            done = ledger.claw_back(self.db, node_id, at=datetime.now(UTC), audit_id=audit_id)
+            if done.charges:
+                log.warning("ledger: node %s failed audit %s; %d pending charge(s), %.6f USD "
+                            "clawed back", node_id, audit_id, done.charges, done.micros / 1e6)
+
+        self._persist(claw_back)
 
     def _write_last_seen(self) -> None:
         now = datetime.now(UTC)

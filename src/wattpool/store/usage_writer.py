@@ -47,6 +47,7 @@ class UsageWriter:
         batch_size: int = 200,
         buffer_size: int = 50_000,
         on_written: Callable[[int], None] | None = None,
+        charge: Callable[[list[UsageRecord]], object] | None = None,
     ) -> None:
         if flush_interval_s <= 0 or batch_size <= 0 or buffer_size <= 0:
             raise ValueError("flush_interval_s, batch_size and buffer_size must be > 0")
@@ -55,6 +56,9 @@ class UsageWriter:
         self.batch_size = batch_size
         self.buffer_size = buffer_size
         self.on_written = on_written
+        # Posts a written batch's charges to the ledger. Best effort: whatever it misses
+        # the leader charges later (ledger.post_unposted_usage), exactly once.
+        self.charge = charge
         self.written = 0  # rows inserted
         self.dropped = 0  # records discarded because the buffer was full
         self.rejected = 0  # records the database refused (bad data); never retried
@@ -155,7 +159,7 @@ class UsageWriter:
         batch = [self._buf.popleft() for _ in range(min(self.batch_size, len(self._buf)))]
         self._in_flight = len(batch)
         try:
-            inserted = await asyncio.to_thread(insert_usage, self.engine, batch)
+            inserted = await asyncio.to_thread(self._insert_and_charge, batch)
         except asyncio.CancelledError:
             # The thread may still commit; requeue anyway. Writing the same request_ids
             # again later is skipped by the database, so nothing doubles.
@@ -175,6 +179,16 @@ class UsageWriter:
         self._write_succeeded()
         self._count(inserted)
         return True
+
+    def _insert_and_charge(self, batch: list[UsageRecord]) -> int:
+        inserted = insert_usage(self.engine, batch)
+        if self.charge is not None:
+            try:
+                self.charge(batch)
+            except Exception:
+                log.warning("charging a usage batch failed; the leader retries it",
+                            exc_info=True)
+        return inserted
 
     async def _write_one_by_one(self, batch: list[UsageRecord]) -> tuple[int, bool]:
         """Isolate the records the database refuses, so one cannot block the rest."""
