@@ -23,16 +23,19 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
   exit 0
 fi
 
-if ! "$VENV/bin/python" -c 'import llama_cpp' 2>/dev/null; then
+install_llama() {  # $1: extra pip options
   echo "==> installing llama-cpp-python (compiles llama.cpp on first install; cached afterwards)"
-  # Trim the build: no tests, examples, tools, multimodal or curl; CPU-native kernels.
-  export CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_CURL=OFF}"
+  # Trim the build: no tests, examples, tools, multimodal or curl. Portable AVX2 kernels
+  # rather than -march=native: the AVX-512/AMX kernels a native build picks crash on some
+  # CPUs (seen here: a segfault in ggml_backend_amx_mul_mat), and a portable wheel in
+  # pip's cache serves every x86-64 machine with AVX2.
+  export CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_CURL=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON}"
   export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
   spec="$(grep -o '"llama-cpp-python\[server\][^"]*"' "$ROOT/pyproject.toml" | tr -d '"')"
   log="$VENV/llama-cpp-build.log"
   # pip -v prints each compile step as [N/M]; show those as one progress line.
   set +e
-  "$VENV/bin/python" -m pip install -v "$spec" 2>&1 | tee "$log" | while IFS= read -r line; do
+  "$VENV/bin/python" -m pip install -v $1 "$spec" 2>&1 | tee "$log" | while IFS= read -r line; do
     case "$line" in
       *"Using cached"*|*"Created wheel"*|*"Successfully installed"*) printf '\n    %s\n' "${line:0:100}" ;;
       *"Building wheel for llama-cpp-python"*) printf '    compiling llama.cpp (several minutes)…\n' ;;
@@ -47,9 +50,21 @@ if ! "$VENV/bin/python" -c 'import llama_cpp' 2>/dev/null; then
     tail -n 30 "$log" >&2
     exit "$status"
   fi
+}
+
+if ! "$VENV/bin/python" -c 'import llama_cpp' 2>/dev/null; then
+  install_llama ""
 fi
 
 echo "==> installing wattpool and its dependencies into .venv"
 "$VENV/bin/python" -m pip install --quiet -e "$ROOT[dev]" 2>&1 | grep -v '^WARNING: Location' || true
 "$VENV/bin/python" -c 'import wattpool, llama_cpp, openai' # fail loudly if anything is missing
+# A build that imports can still crash on this CPU: generate one token with the shipped
+# model, and rebuild from source (not from pip's cache) once if that fails.
+if ! "$VENV/bin/python" -m wattpool.engines.smoke; then
+  echo "==> llama.cpp crashed on this machine; rebuilding it from source" >&2
+  "$VENV/bin/python" -m pip cache remove llama_cpp_python >/dev/null 2>&1 || true
+  install_llama "--force-reinstall --no-deps --no-cache-dir"
+  "$VENV/bin/python" -m wattpool.engines.smoke
+fi
 echo "$want" > "$STAMP"

@@ -12,6 +12,7 @@ import asyncio
 import time
 from collections.abc import Iterator
 
+import httpx
 import openai
 import pytest
 
@@ -112,3 +113,62 @@ def test_curtailment_under_load_loses_nothing(fleet: Fleet) -> None:
     wait_until(lambda: all(engine_children(fleet.nodes[n]) for n in ("t1", "t2")), 30,
                "texas engines back")
     fleet.wait_ready_instances(4, timeout=60)
+
+
+def test_llama_stream_survives_curtailment(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """llama.cpp at two sites; the site serving a stream is curtailed mid-stream."""
+    f = Fleet(tmp_path_factory.mktemp("curtail-llama"))
+    try:
+        f.add_site("texas", region="us-tx")
+        f.add_site("newyork", region="us-ny")
+        _, port = f.start_server("gemma3-270m,context=512,replicas=2")
+        f.start_node("lt", "llamacpp", f.token("texas"))
+        f.start_node("ln", "llamacpp", f.token("newyork"))
+        f.wait_ready_instances(2, timeout=180)
+        site_of = {"lt": "texas", "ln": "newyork"}
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x",
+                               max_retries=0, timeout=120)
+        # A base model sometimes ends its text at once; try prompts until one streams
+        # past the signal point (the signal is sent only then).
+        prompts = ["Here is a long story about a lighthouse keeper.",
+                   "Once upon a time, in a small village by the sea,",
+                   "The history of the Roman Empire begins with"]
+        chunks: list = []  # type: ignore[type-arg]
+        curtailed: str | None = None
+        for prompt in prompts:
+            chunks = []
+            stream = client.completions.create(
+                model="gemma3-270m", prompt=prompt, max_tokens=120, temperature=0,
+                stream=True, stream_options={"include_usage": True})
+            for chunk in stream:
+                chunks.append(chunk)
+                if curtailed is None and len(chunks) == 4:
+                    # The serving engine is the one using CPU now: curtail its site.
+                    engines = {n: engine_children(f.nodes[n]) for n in site_of}
+                    for procs in engines.values():
+                        for p in procs:
+                            p.cpu_percent(None)
+                    time.sleep(0.5)
+                    busy = max(engines,
+                               key=lambda n: sum(p.cpu_percent(None) for p in engines[n]))
+                    curtailed = busy
+                    signalled = time.monotonic()
+                    f.run_cli("sites", "curtail", site_of[busy], "--within", "30s",
+                              "--url", f"http://127.0.0.1:{port}")
+            if curtailed is not None:
+                break
+        assert curtailed is not None, "every prompt ended before the signal point"
+        finish = [c.choices[0].finish_reason for c in chunks
+                  if c.choices and c.choices[0].finish_reason]
+        usage = chunks[-1].usage
+        assert finish in (["length"], ["stop"]), finish
+        if finish == ["length"]:
+            assert usage is not None and usage.completion_tokens == 120
+        # The curtailed node's engine is gone within the deadline, and it says why.
+        wait_until(lambda: not engine_children(f.nodes[curtailed]),
+                   30 - (time.monotonic() - signalled), "curtailed engine stopped")
+        assert "curtailed" in f.nodes[curtailed].log()
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+        assert 'wattpool_stream_continuations_total{model="gemma3-270m"} 1.0' in metrics
+    finally:
+        f.close()
