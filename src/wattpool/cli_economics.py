@@ -246,11 +246,12 @@ def _day(text: str | None) -> datetime | None:
 
 def _price_files(price_csv: Path | None, region: str | None, site: str | None,
                  start: datetime | None, end: datetime | None, data_dir: Path | None,
-                 database_url: str | None) -> tuple[list[Path], str]:
-    """The price files to read and a label for the series."""
+                 database_url: str | None) -> tuple[list[Path], str, float | None]:
+    """The price files to read, a label for the series, and the site's power cap (kW)."""
     from wattpool.economics.prices import region_files
 
     label = region or "prices"
+    cap_kw: float | None = None
     if site is not None:
         from wattpool.store.fleet import FleetError, get_site
 
@@ -262,20 +263,21 @@ def _price_files(price_csv: Path | None, region: str | None, site: str | None,
         finally:
             engine.dispose()
         region, label = region or row.region, f"site {row.name} ({row.region})"
-        # Sites that carry a price source (a csv-kind source, as control.power reads)
-        # need no --price-csv.
-        source = getattr(row, "price_source", None)
+        cap_kw = row.power_cap_kw
+        # A site whose price source is a CSV series needs no --price-csv.
+        source = row.price_source
         if price_csv is None and isinstance(source, dict) and source.get("kind") == "csv":
             price_csv = Path(str(source["path"])).expanduser()
     if price_csv is None:
         raise typer.BadParameter("give --price-csv (a price CSV, or a greendcc 'processed' "
-                                 "folder with --region); sites have no stored price file")
+                                 "folder with --region), or give the site a CSV price "
+                                 "source (wattpool sites set NAME --price-csv ...)")
     if not price_csv.is_dir():
-        return [price_csv], label
+        return [price_csv], label, cap_kw
     if region is None or start is None:
         raise typer.BadParameter("with a folder, give --region and --start (and --end)")
     last = (end - timedelta(seconds=1)) if end else start
-    return region_files(price_csv, region, range(start.year, last.year + 1)), label
+    return region_files(price_csv, region, range(start.year, last.year + 1)), label, cap_kw
 
 
 def economics(
@@ -286,7 +288,8 @@ def economics(
     start: Annotated[str | None, typer.Option(help="First day (UTC), 2020-01-01.")] = None,
     end: Annotated[str | None, typer.Option(help="Day after the last (UTC).")] = None,
     minutes: Annotated[int, typer.Option(help="Decision interval, minutes.")] = 15,
-    site_kw: Annotated[float, typer.Option(help="Site power budget, kW.")] = 1000.0,
+    site_kw: Annotated[float | None, typer.Option(
+        help="Site power budget, kW (default: the site's power cap, else 1000).")] = None,
     bitcoin_dir: Annotated[Path | None, typer.Option(
         help="Folder with minersrevenue.csv, hashrate.csv, efficiency.csv.")] = None,
     hashprice: Annotated[float | None, typer.Option(
@@ -313,7 +316,9 @@ def economics(
 
     console, _ = _console()
     first, stop = _day(start), _day(end)
-    files, label = _price_files(price_csv, region, site, first, stop, data_dir, database_url)
+    files, label, cap_kw = _price_files(price_csv, region, site, first, stop, data_dir,
+                                        database_url)
+    site_kw = site_kw or cap_kw or 1000.0
     try:
         points = [p for f in files for p in prices.load_prices(f)]
         series = prices.to_intervals(points, minutes, first, stop)

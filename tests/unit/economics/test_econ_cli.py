@@ -137,9 +137,33 @@ def test_economics_needs_prices_and_bitcoin_inputs(tmp_path: Path, db: str) -> N
     assert code == 1 and "no site named 'nowhere'" in text
     code, text = invoke("economics", "--site", "tx-1", "--database-url", db,
                         "--hashprice", "0.1", "--asic-j-per-th", "50")
-    assert code == 2 and "sites have no stored price file" in text
+    assert code == 2 and "give the site a CSV price source" in text
     code, text = invoke("economics", "--site", "tx-1", "--database-url", db, "--price-csv",
                         str(fixture_path()), "--hashprice", "0.1", "--asic-j-per-th", "50",
                         "--start", "2020-01-05", "--end", "2020-01-06", "--no-plot",
                         "--out", str(tmp_path / "o"))
     assert code == 0 and "site tx-1 (us-tx)" in text
+
+
+def test_economics_reads_the_sites_price_source_and_power_cap(tmp_path: Path, db: str) -> None:
+    from wattpool.store.fleet import set_site_power
+
+    engine = make_engine(db)
+    set_site_power(engine, "tx-1", power_cap_kw=500.0,
+                   price_source={"kind": "csv", "path": str(fixture_path())})
+    engine.dispose()
+    common = ["--hashprice", "0.1", "--asic-j-per-th", "50", "--start", "2020-01-05",
+              "--end", "2020-01-06", "--no-plot"]
+
+    def drawn(*extra: str) -> float:
+        out = tmp_path / f"o{len(extra)}"
+        code, text = invoke("economics", "--site", "tx-1", "--database-url", db,
+                            "--out", str(out), *common, *extra)
+        assert code == 0 and "site tx-1 (us-tx)" in text, text
+        lines = (out / "decisions.jsonl").read_text().splitlines()
+        assert len(lines) == 96  # no --price-csv: the site's own series was read
+        return sum(json.loads(x)[json.loads(x)["choice"]]["energy_mwh"] for x in lines)
+
+    at_cap = drawn()
+    at_double = drawn("--site-kw", "1000")
+    assert at_cap > 0 and at_double == pytest.approx(2 * at_cap)
