@@ -259,3 +259,42 @@ def test_nodes_that_restrict_engines_get_only_those() -> None:
     alone = plan_placement(deployments[1:], nodes[:2], [], ids())
     assert alone.placements == []
     assert "that runs llamacpp" in alone.unplaced["llm"]
+
+
+# --- sites, regions, price, curtailment ---------------------------------------------------
+
+
+def site_node(node_id: str, site: str, region: str, price: float = 50.0,
+              memory_gib: int = 16, curtailed: bool = False) -> NodeCapacity:
+    return NodeCapacity(node_id, True, memory_gib * 2**30, site_id=site, region=region,
+                        price_per_mwh=price, curtailed=curtailed)
+
+
+def test_replicas_spread_over_sites_before_doubling_up() -> None:
+    # Site a has the two roomiest nodes; the second replica still goes to site b.
+    nodes = [site_node("a1", "a", "us-tx", memory_gib=64), site_node("a2", "a", "us-tx",
+             memory_gib=64), site_node("b1", "b", "us-tx", memory_gib=8)]
+    plan = plan_placement([DeploymentSpec("d", "m", 2, 4 * 2**30)], nodes, [], ids())
+    assert sorted(p.node_id[0] for p in plan.placements) == ["a", "b"]
+
+
+def test_replicas_spread_over_regions_then_prefer_cheap_power() -> None:
+    nodes = [site_node("tx1", "tx-a", "us-tx", price=20), site_node("tx2", "tx-b", "us-tx",
+             price=25), site_node("ny1", "ny-a", "us-ny", price=90),
+             site_node("ny2", "ny-b", "us-ny", price=60)]
+    plan = plan_placement([DeploymentSpec("d", "m", 2, 2**30)], nodes, [], ids())
+    # One per region (a region's outage costs one replica), the cheapest in each.
+    assert sorted(p.node_id for p in plan.placements) == ["ny2", "tx1"]
+    plan = plan_placement([DeploymentSpec("d", "m", 3, 2**30)], nodes, [], ids())
+    assert sorted(p.node_id for p in plan.placements) == ["ny2", "tx1", "tx2"]
+
+
+def test_curtailed_site_gets_nothing_new_but_keeps_what_runs() -> None:
+    nodes = [site_node("c1", "c", "us-tx", price=5, curtailed=True),
+             site_node("c2", "c", "us-tx", price=5, curtailed=True),
+             site_node("o1", "o", "us-ny", price=80)]
+    running = [Placement("i-old", "d", "m", "c1")]
+    plan = plan_placement([DeploymentSpec("d", "m", 2, 2**30)], nodes, running, ids())
+    assert sorted(p.node_id for p in plan.placements) == ["c1", "o1"]
+    plan = plan_placement([DeploymentSpec("d", "m", 3, 2**30)], nodes, running, ids())
+    assert "d" in plan.unplaced and len(plan.placements) == 2

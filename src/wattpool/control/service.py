@@ -349,12 +349,7 @@ class ControlPlane:
             DeploymentSpec(d.deployment_id, d.model_id, d.replicas, d.memory_bytes, d.engine)
             for d in self.deployments.values()
         ]
-        nodes = [
-            NodeCapacity(n.node_id, self._placeable(n.node_id),
-                         n.hardware.accelerator_memory + self._memory_in_use(n.node_id),
-                         frozenset(n.engines))
-            for n in self.registry.nodes.values()
-        ]
+        nodes = [self._capacity(n.node_id) for n in self.registry.nodes.values()]
         plan = plan_placement(
             specs, nodes, list(self._placements.values()), lambda: new_id("inst")
         )
@@ -379,6 +374,18 @@ class ControlPlane:
         self._placements = wanted
         for dep_id, why in plan.unplaced.items():
             log.debug("deployment %s not fully placed: %s", dep_id, why)
+
+    def _capacity(self, node_id: str) -> NodeCapacity:
+        """What placement knows of a node: memory, engines, and its site's power."""
+        n = self.registry.nodes[node_id]
+        site = self.router.node_site.get(node_id, "")
+        return NodeCapacity(
+            node_id, self._placeable(node_id),
+            n.hardware.accelerator_memory + self._memory_in_use(node_id), frozenset(n.engines),
+            site_id=site, region=self.router.site_region.get(site, ""),
+            price_per_mwh=self.router.site_prices.get(site, 0.0),
+            curtailed=bool(site) and site in self.curtailed,
+        )
 
     @staticmethod
     def _spec_for(instance_id: str, dep: Deployment) -> InstanceSpec:

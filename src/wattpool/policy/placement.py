@@ -3,12 +3,16 @@
 A function of (deployments, nodes, current instances) -> the instances that should
 exist. It keeps what already runs on live nodes (moving weights is expensive), drops
 instances of deployments that no longer exist or beyond their replica count, and
-places the missing ones on the live node with the most free memory that can hold
-the model and does not already run it.
+places each missing one on a live node that can hold the model and does not already
+run it, preferring, in order: a site that holds no replica of it yet, a region with
+fewer of its replicas (so one site's failure or curtailment does not take the model
+down), cheaper power, and then the most free memory. Nodes of a curtailed site get no
+new instances; what already runs there stays, since curtailment ends.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -28,6 +32,10 @@ class NodeCapacity:
     live: bool
     memory_bytes: int  # memory available for models (GPU memory, else RAM)
     engines: frozenset[str] = frozenset()  # engines the node runs; empty means any
+    site_id: str = ""  # "" when the node has no site (each such node is its own site)
+    region: str = ""
+    price_per_mwh: float = 0.0  # the site's power price now
+    curtailed: bool = False  # the site is curtailed: place nothing new there
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +90,7 @@ def plan_placement(
                 node_id
                 for node_id, mem in free.items()
                 if node_id not in used_nodes and mem >= dep.memory_bytes
-                and runs(node_id, dep.engine)
+                and runs(node_id, dep.engine) and not live[node_id].curtailed
             ]
             if not fits:
                 unplaced[dep.deployment_id] = (
@@ -91,9 +99,17 @@ def plan_placement(
                     + (f" that runs {dep.engine}" if dep.engine else "")
                 )
                 break
-            node_id = max(fits, key=lambda n: (free[n], n))
+            sites = Counter(_site(live[p.node_id]) for p in placed if p.node_id in live)
+            regions = Counter(live[p.node_id].region for p in placed if p.node_id in live)
+            node_id = max(fits, key=lambda n: (
+                -sites[_site(live[n])], -regions[live[n].region], -live[n].price_per_mwh,
+                free[n], n))
             p = Placement(new_instance_id(), dep.deployment_id, dep.model_id, node_id)
             placed.append(p)
             kept.append(p)
             free[node_id] -= dep.memory_bytes
     return PlacementPlan(placements=kept, unplaced=unplaced)
+
+
+def _site(node: NodeCapacity) -> str:
+    return node.site_id or f"node:{node.node_id}"
