@@ -115,9 +115,6 @@ class Registry:
                 lost.append(node)
         return lost
 
-    def desired_for(self, node_id: str) -> list[InstanceSpec]:
-        return [v.spec for v in self.instances.values() if v.node_id == node_id]
-
     def snapshots(self, model_id: str) -> list[InstanceSnapshot]:
         out = []
         for view in self.instances.values():
