@@ -72,3 +72,17 @@ def test_cheating_node_is_quarantined(fleet: Fleet) -> None:
     engine.dispose()
     assert len(rows) == len(ids)
     assert cheat_id not in {r[0] for r in rows}
+
+    # A restart of the control plane does not forgive it: the store kept its reputation.
+    proc, _ = fleet.servers.pop()
+    proc.kill9()
+    fleet.start_server("synthetic,replicas=3", port=port,
+                       env={"WATTPOOL_AUDIT_INTERVAL_S": "0"})
+    wait_until(lambda: cheat_id in nodes(), 30, "cheater back in the registry")
+    again = nodes()[cheat_id]
+    assert again["quarantined"] and again["audits_failed"] >= cheat["audits_failed"], again
+    fleet.wait_ready_instances(3)
+    for i in range(6):
+        raw = client.completions.with_raw_response.create(model="synthetic",
+                                                          prompt=f"q{i}", max_tokens=3)
+        assert raw.parse().choices[0].text == "alpha bravo charlie "

@@ -138,6 +138,9 @@ def test_routing_follows_price_and_price_curtails(setup: tuple[Fleet, PriceServe
     scores = explained["decision"]["scores"]
     chosen = explained["decision"]["chosen"]
     assert scores[chosen]["energy"] > min(s["energy"] for s in scores.values())
+    shown = f.run_cli("route", "--model", "synthetic", "--prompt", "hello", "--explain",
+                      "--url", gateway(f)).stdout
+    assert f"chose {chosen}" in shown and "energy=" in shown and "weights:" in shown
     for _ in range(3):
         request_id, _ = complete(f)
         assert served_by(f, request_id) == texas

@@ -48,11 +48,13 @@ class Auditor:
     def __init__(self, bus: Bus, registry: Registry, is_leader: Callable[[], bool], *,
                  interval_s: float, max_tokens: int = 16, timeout_s: float = 30.0,
                  rng: random.Random | None = None,
-                 on_fail: Callable[[str, str], None] | None = None) -> None:
+                 on_fail: Callable[[str, str], None] | None = None,
+                 on_verdict: Callable[[str, Reputation], None] | None = None) -> None:
         self.bus = bus
         self.registry = registry
         self.is_leader = is_leader
         self.on_fail = on_fail  # (node id, audit id): the ledger claws back its credit
+        self.on_verdict = on_verdict  # (node id, new reputation): stored by the leader
         self.interval_s = interval_s
         self.max_tokens = max_tokens
         self.timeout_s = timeout_s
@@ -79,9 +81,11 @@ class Auditor:
             upd = decode(msg.data, ReputationUpdate)
         except msgspec.DecodeError:
             return
+        reputation = Reputation(upd.score, upd.passes, upd.fails)
+        self.registry.reputations[upd.node_id] = reputation
         node = self.registry.nodes.get(upd.node_id)
         if node is not None:
-            node.reputation = Reputation(upd.score, upd.passes, upd.fails)
+            node.reputation = reputation
 
     async def _run(self) -> None:
         while True:
@@ -121,6 +125,9 @@ class Auditor:
             before = node.reputation
             after = update(before, passed)
             node.reputation = after
+            self.registry.reputations[node_id] = after
+            if self.on_verdict is not None:
+                self.on_verdict(node_id, after)
             if not passed:
                 if self.on_fail is not None:
                     self.on_fail(node_id, audit_id)

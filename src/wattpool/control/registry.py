@@ -53,11 +53,15 @@ class Registry:
     instances: dict[str, InstanceView] = field(default_factory=dict)
     # model_id -> context length, for every deployed model (what /v1/models lists)
     models: dict[str, int] = field(default_factory=dict)
+    # node_id -> audit reputation, kept for nodes not (yet) in ``nodes``: a node that
+    # comes back, or one seen first after a restart, starts from what it had earned.
+    reputations: dict[str, Reputation] = field(default_factory=dict)
 
     def add_node(
         self, node_id: str, name: str, hardware: Hardware, engines: tuple[str, ...] = ()
     ) -> NodeView:
-        view = NodeView(node_id, name, hardware, self.clock.monotonic(), engines=engines)
+        view = NodeView(node_id, name, hardware, self.clock.monotonic(), engines=engines,
+                        reputation=self.reputations.get(node_id, Reputation()))
         self.nodes[node_id] = view
         return view
 

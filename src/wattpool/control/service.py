@@ -28,6 +28,7 @@ from wattpool.control.power import PowerWatch
 from wattpool.control.registry import InstanceView, Registry
 from wattpool.control.router import Router
 from wattpool.economics.payouts import PayoutPolicy
+from wattpool.policy.audit import Reputation
 from wattpool.policy.placement import DeploymentSpec, NodeCapacity, Placement, plan_placement
 from wattpool.protocol import (
     CURTAIL,
@@ -110,7 +111,8 @@ class ControlPlane:
             self.registry.models[d.model_id] = d.context_length
         self.router = Router(self.registry, slots=route_slots)
         self.auditor = Auditor(bus, self.registry, lambda: self.is_leader,
-                               interval_s=audit_interval_s, on_fail=self._audit_failed)
+                               interval_s=audit_interval_s, on_fail=self._audit_failed,
+                               on_verdict=self._store_reputation)
         self.payout_policy = payout_policy
         self.ledger_interval_s = ledger_interval_s
         self._placements: dict[str, Placement] = {}
@@ -138,7 +140,7 @@ class ControlPlane:
         self._subs.append(await self.bus.subscribe(CURTAIL, self._on_curtail))
         # Before leadership starts: winning it runs _take_over, which must be the only
         # thing in flight then.
-        await self._restore_curtailments()
+        await self._restore_state()
         await self.leadership.start()
         await self.auditor.start()
         if self.is_leader:
@@ -288,16 +290,22 @@ class ControlPlane:
     async def _publish_curtail(self, signal: CurtailSignal) -> None:
         await self.bus.publish(CURTAIL, encode(signal))
 
-    async def _restore_curtailments(self) -> None:
-        """Curtailments still open in the store hold across restarts and failovers."""
+    async def _restore_state(self) -> None:
+        """Curtailments still open, and audit reputations, hold across restarts."""
         try:
             open_ones = await asyncio.to_thread(fleet.active_curtailments, self.db)
             sites = {s.id: s for s in await asyncio.to_thread(fleet.list_sites, self.db)}
             rows = await asyncio.to_thread(repo.list_nodes, self.db)
         except Exception:
-            log.exception("could not read open curtailments; the power watch retries")
+            log.exception("could not read curtailments and reputations from the store")
             return
         self.router.node_site.update({r.id: r.site_id for r in rows if r.site_id})
+        for r in rows:
+            if r.reputation is not None:
+                rep = Reputation(r.reputation, r.audits_passed, r.audits_failed)
+                self.registry.reputations[r.id] = rep
+                if r.id in self.registry.nodes:
+                    self.registry.nodes[r.id].reputation = rep
         for c in open_ones:
             name = sites[c.site_id].name if c.site_id in sites else c.site_id
             self.curtailed[c.site_id] = CurtailSignal(site_id=c.site_id, site_name=name,
@@ -411,6 +419,9 @@ class ControlPlane:
         if charged or matured.charges:
             log.info("ledger: charged %d late request(s); %d charge(s) now payable",
                      charged, matured.charges)
+
+    def _store_reputation(self, node_id: str, rep: Reputation) -> None:
+        self._persist(repo.set_reputation, self.db, node_id, rep.score, rep.passes, rep.fails)
 
     def _audit_failed(self, node_id: str, audit_id: str) -> None:
         """A failed audit costs the node the credit still inside its challenge window."""

@@ -84,6 +84,10 @@ class Node(Base):
     # The node's NATS nkey public key; its secret seed never leaves the node.
     public_key: Mapped[str | None] = mapped_column(String(64), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Audit reputation (policy/audit.py), kept so a restart does not forgive a cheater.
+    reputation: Mapped[float | None] = mapped_column(Float, default=None)
+    audits_passed: Mapped[int] = mapped_column(Integer, default=0)
+    audits_failed: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class ServedModel(Base):

@@ -40,6 +40,9 @@ class NodeRow:
     created_at: datetime
     site_id: str | None = None
     public_key: str | None = None
+    reputation: float | None = None  # None until the node's first audit
+    audits_passed: int = 0
+    audits_failed: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +102,8 @@ class UsageRecord:
 
 def _node_row(n: Node) -> NodeRow:
     return NodeRow(n.id, n.name, dict(n.hardware or {}), n.state, n.last_seen, n.created_at,
-                   n.site_id, n.public_key)
+                   n.site_id, n.public_key, n.reputation, n.audits_passed or 0,
+                   n.audits_failed or 0)
 
 
 def upsert_node(
@@ -129,6 +133,17 @@ def upsert_node(
             node.public_key = public_key
         s.flush()
         return _node_row(node)
+
+
+def set_reputation(engine: Engine, node_id: str, score: float, passes: int,
+                   fails: int) -> bool:
+    """Store a node's audit reputation; False if the node is unknown."""
+    with Session(engine) as s, s.begin():
+        node = s.get(Node, node_id)
+        if node is None:
+            return False
+        node.reputation, node.audits_passed, node.audits_failed = score, passes, fails
+        return True
 
 
 def set_node_state(engine: Engine, node_id: str, state: str) -> bool:

@@ -29,7 +29,7 @@ TABLES = {
     "tenants", "api_keys", "prices", "usage_daily",
     "operators", "ledger_transactions", "ledger_entries", "ledger_charges", "curtailments",
 }
-HEAD = "0005"
+HEAD = "0006"
 
 
 def _tables(engine: Engine) -> set[str]:
