@@ -16,7 +16,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-from wattpool.policy.candidates import ERROR_RATE, CandidateTable, RequestSpec
+from wattpool.policy.candidates import CandidateTable, RequestSpec
 from wattpool.policy.decision import Decision, nothing_fits, scored_reports
 from wattpool.policy.filters import CapacityFilter, Filter, default_filters, passing
 from wattpool.policy.prefix import DEFAULT_BLOCK_TOKENS, PrefixIndex, PrefixView
@@ -76,7 +76,9 @@ class ScoringPolicy:
         self.owns_index = index is None
         self.index: PrefixView | None = index if index is not None else (
             PrefixIndex(index_capacity) if "prefix" in self.weights else None)
-        self._buf: list[float] = []
+        self._draws = np.zeros(0)  # uniform draws taken from rng in bulk
+        self._rows: list[int] = []  # the draws scaled to rows of a table of _rows_n
+        self._rows_n = -1
         self._pos = 0
         # The fused path knows the default plugins only; other filters use the plugin path.
         self._fused = filters is None
@@ -129,12 +131,18 @@ class ScoringPolicy:
         k = self.sample
         if explain:
             return [int(x * n) for x in rng.random(k).tolist()]
-        if self._pos + k > len(self._buf):
-            self._buf = rng.random(RANDOM_BUFFER).tolist()
-            self._pos = 0
-        got = self._buf[self._pos:self._pos + k]
-        self._pos += k
-        return [int(x * n) for x in got]
+        pos = self._pos
+        if pos + k > len(self._draws):
+            self._draws = rng.random(RANDOM_BUFFER)
+            self._rows_n = -1
+            pos = 0
+        if self._rows_n != n:
+            # The draws as rows of a table of n, scaled in one numpy call: the same
+            # int(x * n) as one draw at a time (a float64 product, truncated).
+            self._rows = (self._draws * n).astype(np.int64).tolist()
+            self._rows_n = n
+        self._pos = pos + k
+        return self._rows[pos:pos + k]
 
     def _matches(self, req: RequestSpec, table: CandidateTable) -> tuple[list[int], list[float]]:
         """Rows holding the deepest cached prefixes, and the tokens each holds."""
@@ -183,29 +191,37 @@ class ScoringPolicy:
         allowed = req.allowed_regions
         prompt, out = req.prompt_tokens, req.output_tokens
         kv_limit = self._kv_limit
-        keep: list[tuple[int, float, float, float]] = []  # (position, util, cost, expected)
+        # (position, util, cost, expected, error rate) of the rows that pass
+        keep: list[tuple[int, float, float, float, float]] = []
         least = best_cost = best_t = math.inf
-        for j, (ok, _flags, infl, queued, slots, qmax, kv, _price, _watts, inv_p, inv_d, _err,
-                region, wprice) in enumerate(data):
+        j = -1
+        for (ok, _flags, infl, queued, slots, qmax, kv, _price, _watts, inv_p, inv_d, err,
+             region, wprice) in data:
+            j += 1
             # Filters: health, capacity, exclusion, region (as filters.default_filters()).
             if (ok <= 0.0 or queued >= qmax or kv >= kv_limit
                     or (banned and rows[j] in banned)
                     or (allowed is not None and region not in allowed)):
                 continue
-            # Features (scorers.Features).
+            # Features (scorers.Features); the branches skip terms that are exactly 0.
             busy = infl + queued
             util = busy / slots
             uncached = prompt - matched[j]
-            service = (uncached if uncached > 0.0 else 0.0) * inv_p + out * inv_d
+            service = (uncached * inv_p if uncached > 0.0 else 0.0) + out * inv_d
             excess = busy + 1.0 - slots
             expected = service * (1.0 + excess / slots) if excess > 0.0 else service
-            expected += queued * (prompt * inv_p)
-            expected = expected if expected > 1e-6 else 1e-6
+            if queued:
+                expected += queued * (prompt * inv_p)
+            if expected < 1e-6:
+                expected = 1e-6
             cost = wprice * service
-            least = util if util < least else least
-            best_cost = cost if cost < best_cost else best_cost
-            best_t = expected if expected < best_t else best_t
-            keep.append((j, util, cost, expected))
+            if util < least:
+                least = util
+            if cost < best_cost:
+                best_cost = cost
+            if expected < best_t:
+                best_t = expected
+            keep.append((j, util, cost, expected, err))
         if not keep:
             return None
         w_load, w_prefix, w_rtt, w_energy, w_latency, w_rel = self._w
@@ -214,8 +230,7 @@ class ScoringPolicy:
         bar = least + self._imbalance
         cheapest = best_cost + ENERGY_FLOOR
         best_j, best_total = -1, -math.inf
-        for j, util, cost, expected in keep:
-            e = data[j][ERROR_RATE]
+        for j, util, cost, expected, e in keep:
             good = 1.0 - (0.0 if e < 0.0 else 1.0 if e > 1.0 else e)
             r = rtt[j]
             total = (w_load / (1.0 + util)

@@ -118,9 +118,66 @@ class SegmentCache:
     def depth_then_record(self, instance: str, blocks: PromptBlocks) -> int:
         """``depth`` before the prompt is cached, then ``record`` it: what an instance
         does when a request starts (one call on the simulator's hot path)."""
-        got = self.depth(instance, blocks)
-        self.record(instance, blocks)
-        return got
+        lru = self._lru.get(instance)
+        if lru is None:
+            lru = self._lru[instance] = OrderedDict()
+            self._size[instance] = 0
+        n, s = blocks.n, blocks.s
+        skey = SYS_TAG + blocks.sys_id
+        ckey = CONV_TAG + blocks.conv
+        # The depth (as ``depth``), read before this prompt is recorded.
+        got = lru.get(skey) if s else None
+        sys_old = got[0] if got else 0
+        conv = lru.get(ckey) if n > s else None
+        if s and sys_old < s:
+            found = sys_old
+        elif conv is not None:
+            found = conv[0] if conv[0] < n else n
+        else:
+            found = s
+        # Then ``record``: the conversation first, so the system prompt is newer.
+        new = 0
+        if n > s:
+            if conv is None:
+                lru[ckey] = (n, s)
+                self._hold(ckey, instance)
+                new += n - s
+            else:
+                del lru[ckey]
+                kept = conv[0] if conv[0] > n else n
+                lru[ckey] = (kept, s)
+                new += kept - conv[0]
+        if s:
+            if got is None:
+                lru[skey] = (s, 0)
+                self._hold(skey, instance)
+                new += s
+            else:
+                del lru[skey]
+                kept = sys_old if sys_old > s else s
+                lru[skey] = (kept, 0)
+                new += kept - sys_old
+        if new:
+            self._evict(instance, lru, self._size[instance] + new)
+        return found
+
+    def _hold(self, key: int, instance: str) -> None:
+        held = self._holders.get(key)
+        if held is None:
+            self._holders[key] = {instance: None}
+        else:
+            held[instance] = None
+
+    def _evict(self, instance: str, lru: OrderedDict[int, tuple[int, int]], size: int) -> None:
+        cap = self._cap.get(instance, self.capacity)
+        while size > cap and lru:
+            key, (depth, base) = lru.popitem(last=False)
+            size -= depth - base
+            held = self._holders[key]
+            del held[instance]
+            if not held:
+                del self._holders[key]
+        self._size[instance] = size
 
     def depth(self, instance: str, blocks: PromptBlocks) -> int:
         lru = self._lru.get(instance)
@@ -140,22 +197,43 @@ class SegmentCache:
 
     def matches(self, blocks: PromptBlocks, limit: int = 8) -> list[tuple[str, int]]:
         """Up to ``limit`` (instance, depth), deepest first: the conversation's holders,
-        then the system prompt's (most recent first)."""
+        then the system prompt's (most recent first). ``depth`` is inlined: this runs on
+        every routing decision."""
+        n, s = blocks.n, blocks.s
+        lrus = self._lru
+        skey = SYS_TAG + blocks.sys_id
         out: list[tuple[str, int]] = []
         seen: set[str] = set()
-        if blocks.n > blocks.s:
-            for inst in reversed(self._holders.get(CONV_TAG + blocks.conv, {})):
-                d = self.depth(inst, blocks)
-                if d:
-                    out.append((inst, d))
-                    seen.add(inst)
-            out.sort(key=lambda pair: -pair[1])
-            del out[limit:]
-        if blocks.s and len(out) < limit:
-            for inst in reversed(self._holders.get(SYS_TAG + blocks.sys_id, {})):
+        if n > s:
+            ckey = CONV_TAG + blocks.conv
+            for inst in reversed(self._holders.get(ckey, ())):
+                lru = lrus[inst]  # a holder always has its LRU
+                if s:
+                    got = lru.get(skey)
+                    have = got[0] if got else 0
+                    if have < s:
+                        if have:
+                            out.append((inst, have))
+                            seen.add(inst)
+                        continue
+                d = lru[ckey][0]
+                out.append((inst, d if d < n else n))
+                seen.add(inst)
+            if len(out) > 1:
+                out.sort(key=lambda pair: -pair[1])
+                del out[limit:]
+        if s and len(out) < limit:
+            ckey = CONV_TAG + blocks.conv
+            for inst in reversed(self._holders.get(skey, ())):
                 if inst in seen:
                     continue
-                d = self.depth(inst, blocks)
+                lru = lrus[inst]
+                have = lru[skey][0]
+                if have >= s and n > s:
+                    got = lru.get(ckey)
+                    d = (got[0] if got[0] < n else n) if got else s
+                else:
+                    d = have if have < s else s
                 if d:
                     out.append((inst, d))
                     if len(out) >= limit:

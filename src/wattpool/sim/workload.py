@@ -110,7 +110,10 @@ def _chat(cfg: WorkloadConfig, t: np.ndarray, lengths: tuple[np.ndarray, np.ndar
     cum = np.cumsum(gaps)
     when = start[conv_of] + cum - np.repeat(cum[first] - gaps[first], turns)
     order = np.argsort(when, kind="stable")[:n]
-    order = order[np.argsort(conv_of[order] * (1 << 20) + turn_of[order], kind="stable")]
+    # Grouped by conversation in turn order: conv_of and turn_of rise together with the
+    # index (np.repeat above), so that order is the indices' own: a plain sort of
+    # distinct integers, not an argsort of a composite key (seconds at 20 M requests).
+    order = np.sort(order)
     # ``order`` is now the n chosen turns grouped by conversation in turn order; the
     # arrival times go to them by time rank.
     rank_time = np.empty(n)
