@@ -398,14 +398,23 @@ class Simulation(Disruptions):
         tp = self.tpot1[i] + self.slope[i] * (b - 1)
         end = pe + (remaining - 1) * tp
         self.busy[i] = b
-        self.kv[i] += prompt + remaining
+        kv = self.kv[i] = self.kv[i] + prompt + remaining
+        backlog = self.backlog[i]
         if begin > now:
-            self.backlog[i].append(begin)
-        self._report(i, now)
+            backlog.append(begin)
+        # What the instance reports (as ``_report``, inlined: once per request).
+        while backlog and backlog[0] <= now:
+            backlog.popleft()
+        base = i * N_FIELDS
+        mv = self._mv
+        waiting = len(backlog)
+        mv[base + QUEUED] = float(len(self.queue[i]) + waiting)
+        mv[base + IN_FLIGHT] = float(b - waiting)
+        mv[base + KV_USED] = kv / self.kv_cap[i]
         self.active[i][r] = None
         self.pe[r] = pe
         self.tp[r] = tp
-        if math.isnan(self.first_token[r]):
+        if self.first_token[r] != self.first_token[r]:  # nan: no first token yet
             self.first_token[r] = pe
             self.rtt_ms[r] = self.rtt_rows[self.gateway[r]][i]
         s = self.site_of[i]
