@@ -94,6 +94,8 @@ def main() -> None:
         print(f"one simulated hour at {args.sites} sites ({how}): {hour:.0f} s; target "
               f"< {TARGET_S:.0f} s: {verdict} ({hour / TARGET_S:.2f} x the budget)")
         del res
+    print(f"whole script (set-up, runs, summaries, invariant checks): "
+          f"{time.perf_counter() - started:.1f} s wall")
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     worker_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(f"peak memory: {peak_mb:,.0f} MiB this process, {worker_mb:,.0f} MiB the largest "

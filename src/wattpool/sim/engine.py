@@ -443,9 +443,19 @@ class Simulation(Disruptions):
         self.finish_t[r] = now
         self.rtt_ms[r] = self.rtt_rows[self.gateway[r]][i]
         self.site_tokens[self.site_of[i]] += self.tokens_total[r]
-        if self.queue[i]:
+        queue = self.queue[i]
+        if queue:
             self._drain_queue(i, now)
-        self._report(i, now)
+        # What the instance reports (as ``_report``, inlined: once per request).
+        backlog = self.backlog[i]
+        while backlog and backlog[0] <= now:
+            backlog.popleft()
+        base = i * N_FIELDS
+        mv = self._mv
+        waiting = len(backlog)
+        mv[base + QUEUED] = float(len(queue) + waiting)
+        mv[base + IN_FLIGHT] = float(self.busy[i] - waiting)
+        mv[base + KV_USED] = self.kv[i] / self.kv_cap[i]
 
     def _drain_queue(self, i: int, now: float) -> None:
         q = self.queue[i]
