@@ -16,7 +16,6 @@ prompt outlives the conversations that use it, as with the block index.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from typing import overload
 
@@ -71,14 +70,14 @@ class SegmentCache:
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity  # default blocks per instance
         self._cap: dict[str, int] = {}
-        self._lru: dict[str, OrderedDict[int, tuple[int, int]]] = {}  # key -> (depth, base)
+        self._lru: dict[str, dict[int, tuple[int, int]]] = {}  # key -> (depth, base)
         self._size: dict[str, int] = {}
         self._holders: dict[int, dict[str, None]] = {}  # segment key -> instances
 
     def set_capacity(self, instance: str, blocks: int) -> None:
         self._cap[instance] = max(1, blocks)
 
-    def _touch(self, instance: str, lru: OrderedDict[int, tuple[int, int]], key: int,
+    def _touch(self, instance: str, lru: dict[int, tuple[int, int]], key: int,
                depth: int, base: int) -> int:
         old = lru.pop(key, None)
         if old is None:
@@ -96,7 +95,7 @@ class SegmentCache:
     def record(self, instance: str, blocks: PromptBlocks) -> int:
         lru = self._lru.get(instance)
         if lru is None:
-            lru = self._lru[instance] = OrderedDict()
+            lru = self._lru[instance] = {}
             self._size[instance] = 0
         new = 0
         if blocks.n > blocks.s:  # the conversation first, so the system prompt is newer
@@ -106,7 +105,8 @@ class SegmentCache:
         size = self._size[instance] + new
         cap = self._cap.get(instance, self.capacity)
         while size > cap and lru:
-            key, (depth, base) = lru.popitem(last=False)
+            key = next(iter(lru))  # the least recently used (dicts keep insertion order)
+            depth, base = lru.pop(key)
             size -= depth - base
             held = self._holders[key]
             del held[instance]
@@ -120,7 +120,7 @@ class SegmentCache:
         does when a request starts (one call on the simulator's hot path)."""
         lru = self._lru.get(instance)
         if lru is None:
-            lru = self._lru[instance] = OrderedDict()
+            lru = self._lru[instance] = {}
             self._size[instance] = 0
         n, s = blocks.n, blocks.s
         skey = SYS_TAG + blocks.sys_id
@@ -168,10 +168,11 @@ class SegmentCache:
         else:
             held[instance] = None
 
-    def _evict(self, instance: str, lru: OrderedDict[int, tuple[int, int]], size: int) -> None:
+    def _evict(self, instance: str, lru: dict[int, tuple[int, int]], size: int) -> None:
         cap = self._cap.get(instance, self.capacity)
         while size > cap and lru:
-            key, (depth, base) = lru.popitem(last=False)
+            key = next(iter(lru))  # the least recently used (dicts keep insertion order)
+            depth, base = lru.pop(key)
             size -= depth - base
             held = self._holders[key]
             del held[instance]
