@@ -12,7 +12,7 @@ the engines directly, interleaved round by round, and prints:
   * CPU per request of the gateway + node bridge processes (of LiteLLM's, of the engine's),
   * with ``--sweep``: the highest offered rate each path sustains with p99 TTFT < 50 ms.
 
-    .venv/bin/python bench/overhead.py --rate 100 --rounds 3 --round-s 10 \
+    .venv/bin/python bench/overhead.py --rates 10,100 --rounds 3 --round-s 10 \
         --sweep 100,200,300,400,500 --out bench/out/overhead.json
 
 Every load is bounded (rate x seconds, plus a timeout); everything listens on 127.0.0.1.
@@ -21,6 +21,7 @@ Every load is bounded (rate x seconds, plus a timeout); everything listens on 12
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import subprocess
@@ -64,6 +65,8 @@ class Tally:
     extra_cpu_s: float = 0.0  # nats-server, for the NATS path
     client_cpu_s: float = 0.0
     wall_s: float = 0.0
+    window_s: float = 0.0  # time between the CPU readings
+    idle_cpu_per_s: float = 0.0  # the target's CPU use with no load (timers, heartbeats)
 
     @property
     def ok(self) -> int:
@@ -71,6 +74,12 @@ class Tally:
 
     def cpu_ms_per_request(self) -> float | None:
         return self.cpu_s * 1000 / self.ok if self.ok else None
+
+    def net_cpu_ms_per_request(self) -> float | None:
+        """CPU per request less what the target burns when idle over the same time."""
+        if not self.ok:
+            return None
+        return (self.cpu_s - self.idle_cpu_per_s * self.window_s) * 1000 / self.ok
 
     def summary(self) -> dict[str, Any]:
         lat = {k: (d.as_dict() if d else None) for k, d in latencies(self.results).items()}
@@ -80,6 +89,8 @@ class Tally:
             "requests_per_s": self.ok / self.wall_s if self.wall_s else 0.0,
             "tokens_per_s": tokens / self.wall_s if self.wall_s else 0.0,
             "cpu_ms_per_request": self.cpu_ms_per_request(),
+            "net_cpu_ms_per_request": self.net_cpu_ms_per_request(),
+            "idle_cpu_ms_per_s": self.idle_cpu_per_s * 1000,
             "nats_server_cpu_ms_per_request": (self.extra_cpu_s * 1000 / self.ok
                                                if self.ok and self.extra_cpu_s else None),
             "client_cpu_ms_per_request": (self.client_cpu_s * 1000 / self.ok
@@ -99,12 +110,25 @@ async def measure(service: Service, tally: Tally, *, rate: float, seconds: float
                     timeout_s=30.0, max_tokens=max_tokens, seed=seed)
     pids = service.overhead_pids()
     cpu0, extra0, client0 = cpu_seconds(pids), cpu_seconds(extra_pids or []), own_cpu()
+    t0 = time.monotonic()
     result = await run_load(spec)
+    tally.window_s += time.monotonic() - t0
     tally.cpu_s += cpu_seconds(pids) - cpu0
     tally.extra_cpu_s += cpu_seconds(extra_pids or []) - extra0
     tally.client_cpu_s += own_cpu() - client0
     tally.wall_s += result.wall_s
     tally.results.extend(result.results)
+
+
+async def idle_cpu(targets: list[tuple[Service, Service | None]],
+                   seconds: float) -> dict[str, float]:
+    """CPU seconds per second each target uses with no load, all measured together."""
+    before = {s.name: cpu_seconds(s.overhead_pids()) for s, _ in targets}
+    t0 = time.monotonic()
+    await asyncio.sleep(seconds)
+    span = time.monotonic() - t0
+    return {s.name: (cpu_seconds(s.overhead_pids()) - before[s.name]) / span
+            for s, _ in targets}
 
 
 def added(target: dict[str, Any], base: dict[str, Any]) -> dict[str, float | None]:
@@ -131,7 +155,7 @@ def comparison_table(rate: float, summaries: dict[str, dict[str, Any]],
     table = Table(title=f"{rate:g} req/s, open loop, 64-token streams (ms)")
     for col in ("target", "ok/sent", "TTFT p50", "TTFT p99", "e2e p50", "e2e p99",
                 "+TTFT p50", "+TTFT p99", "+e2e p50", "+e2e p99", "tput ratio",
-                "CPU ms/req"):
+                "CPU ms/req", "net of idle"):
         table.add_column(col, justify="left" if col == "target" else "right")
     for name, s in summaries.items():
         lat, d = s["latency_ms"], deltas.get(name, {})
@@ -139,7 +163,8 @@ def comparison_table(rate: float, summaries: dict[str, dict[str, Any]],
         table.add_row(name, f"{s['ok']}/{s['sent']}", _f(ttft.get("p50")), _f(ttft.get("p99")),
                       _f(e2e.get("p50")), _f(e2e.get("p99")), _f(d.get("ttft_p50")),
                       _f(d.get("ttft_p99")), _f(d.get("e2e_p50")), _f(d.get("e2e_p99")),
-                      _f(d.get("throughput_ratio"), 3), _f(s["cpu_ms_per_request"], 3))
+                      _f(d.get("throughput_ratio"), 3), _f(s["cpu_ms_per_request"], 3),
+                      _f(s["net_cpu_ms_per_request"], 3))
     return table
 
 
@@ -165,22 +190,28 @@ async def run(args: argparse.Namespace, targets: list[tuple[Service, Service | N
     """targets: (service, its baseline engine or None for an engine itself)."""
     report: dict[str, Any] = {"rates": {}, "sweep": {}}
     warm = Tally()
-    for service, _ in targets:  # warm-up: connections, caches, JIT-free but lazy imports
-        await measure(service, warm, rate=args.rate, seconds=args.warmup_s, seed=999,
+    for service, _ in targets:  # warm-up: connections, caches, lazy imports
+        await measure(service, warm, rate=args.rates[0], seconds=args.warmup_s, seed=999,
                       max_tokens=args.max_tokens)
-    tallies = {s.name: Tally() for s, _ in targets}
-    for rnd in range(args.rounds):
-        order = targets[rnd % len(targets):] + targets[:rnd % len(targets)]
-        for service, _ in order:
-            await measure(service, tallies[service.name], rate=args.rate,
-                          seconds=args.round_s, seed=rnd, max_tokens=args.max_tokens,
-                          extra_pids=extra.get(service.name))
-        console.print(f"round {rnd + 1}/{args.rounds} done; load average {loadavg()}")
-    summaries = {name: t.summary() for name, t in tallies.items()}
-    deltas = {s.name: added(summaries[s.name], summaries[b.name])
-              for s, b in targets if b is not None}
-    console.print(comparison_table(args.rate, summaries, deltas))
-    report["rates"][str(args.rate)] = {"summaries": summaries, "added_ms": deltas}
+    idle = await idle_cpu(targets, args.idle_s)
+    for rate in args.rates:
+        tallies = {s.name: Tally(idle_cpu_per_s=idle[s.name]) for s, _ in targets}
+        for rnd in range(args.rounds):
+            # Each round starts with another target, so drifts of the machine's load
+            # spread over all of them; every target gets the same schedule in a round.
+            order = targets[rnd % len(targets):] + targets[:rnd % len(targets)]
+            for service, _ in order:
+                await measure(service, tallies[service.name], rate=rate,
+                              seconds=args.round_s, seed=rnd, max_tokens=args.max_tokens,
+                              extra_pids=extra.get(service.name))
+            console.print(f"{rate:g} req/s: round {rnd + 1}/{args.rounds} done; load average "
+                          f"{loadavg()}")
+        summaries = {name: t.summary() for name, t in tallies.items()}
+        deltas = {s.name: added(summaries[s.name], summaries[b.name])
+                  for s, b in targets if b is not None}
+        console.print(comparison_table(rate, summaries, deltas))
+        report["rates"][str(rate)] = {"summaries": summaries, "added_ms": deltas,
+                                      "load_average": loadavg()}
     if args.sweep:
         alive = {s.name for s, _ in targets}
         misses: dict[str, int] = {}
@@ -227,8 +258,11 @@ def check_targets(report: dict[str, Any], rate: float) -> dict[str, Any]:
         out["up added TTFT p99 <= 5 ms"] = (up["ttft_p99"], up["ttft_p99"] <= 5.0)
     for name in ("wattpool-up", "wattpool-nats"):
         cpu = s.get(name, {}).get("cpu_ms_per_request")
+        net = s.get(name, {}).get("net_cpu_ms_per_request")
         if cpu is not None:
             out[f"{name} gateway+bridge CPU <= 2 ms/req"] = (cpu, cpu <= 2.0)
+        if net is not None:
+            out[f"{name} gateway+bridge CPU net of idle <= 2 ms/req"] = (net, net <= 2.0)
     lite = d.get("litellm")
     if lite and up:
         for metric in ("ttft_p99", "e2e_p99"):
@@ -260,11 +294,14 @@ def start_variant(spec: str, workdir: Path) -> UpPool:
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rate", type=float, default=100.0, help="offered requests/s")
+    p.add_argument("--rates", default="100", help="offered requests/s, comma-separated; "
+                   "the comparison runs at each")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds per target")
     p.add_argument("--round-s", type=float, default=10.0, help="seconds of load per round")
     p.add_argument("--warmup-s", type=float, default=3.0)
     p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--idle-s", type=float, default=5.0,
+                   help="seconds of no load to measure each target's idle CPU")
     p.add_argument("--paths", default="up,nats,litellm",
                    help="comma-separated: up, nats, litellm (engines are always measured)")
     p.add_argument("--sweep", default="", help="rates for the highest-sustained-rate search, "
@@ -283,6 +320,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=BENCH / "out" / "overhead.json")
     args = p.parse_args()
     args.sweep = [float(x) for x in args.sweep.split(",") if x.strip()]
+    args.rates = [float(x) for x in args.rates.split(",") if x.strip()]
     args.paths = {x.strip() for x in args.paths.split(",") if x.strip()}
     return args
 
@@ -331,8 +369,9 @@ def main() -> int:
             service.stop()
     meta["load_after"] = loadavg()
     report["meta"] = meta
-    report["targets"] = {k: {"value": v[0], "met": v[1]}
-                         for k, v in check_targets(report, args.rate).items()}
+    report["targets"] = {f"at {rate:g} req/s: {k}": {"value": v[0], "met": v[1]}
+                         for rate in args.rates
+                         for k, v in check_targets(report, rate).items()}
     for name, verdict in report["targets"].items():
         mark = "[green]met[/green]" if verdict["met"] else "[red]NOT met[/red]"
         console.print(f"{name}: {_f(verdict['value'], 3)} {mark}")
