@@ -181,6 +181,17 @@ class Fleet:
         out = self.run_cli("status", "--json", "--data-dir", str(self.control_dir))
         return json.loads(out.stdout)
 
+    def serving_node(self, model: str, prompt: str, port: int) -> str:
+        """The name of the node the pool would send this request to now (its router's
+        own decision, asked through ``POST /admin/route``; ``--open`` pools only)."""
+        import httpx
+
+        reply = httpx.post(f"http://127.0.0.1:{port}/admin/route", timeout=10,
+                           json={"model": model, "prompt": prompt})
+        chosen = reply.json()["decision"]["chosen"]
+        node_id = {i["id"]: i["node_id"] for i in self.status()["instances"]}[chosen]
+        return {self.node_id(name): name for name in self.nodes}[node_id]
+
     def wait_ready_instances(self, count: int, timeout: float = 120) -> None:
         def ready() -> bool:
             return sum(i["state"] == "ready" for i in self.status()["instances"]) >= count

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-from wattpool import __version__
+from wattpool import __version__, loop
 from wattpool.config import Settings
 
 app = typer.Typer(
@@ -88,7 +88,7 @@ def up(
         log_level=log_level, open_access=open_access,
     )
     setup_logging(settings.log_level if settings.log_level != "info" else "warning")
-    code = asyncio.run(_up(settings))
+    code = loop.run(_up(settings))
     raise typer.Exit(code)
 
 

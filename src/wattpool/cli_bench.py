@@ -6,15 +6,15 @@ bench/soak.py (see docs/benchmarks.md, "Gateway overhead").
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import typer
 from rich.console import Console
 
+from wattpool import loop
 from wattpool.benchtools import LoadSpec, TargetRefused, run_load, summarize, table
 
 console = Console()
@@ -23,17 +23,9 @@ T = TypeVar("T")
 
 
 def run_async(main: Coroutine[Any, Any, T]) -> T:
-    """Run on uvloop when it is installed (it is, with uvicorn[standard]): a cheaper client
-    leaves more of a small machine to the server under test."""
-    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
-    try:
-        import uvloop
-
-        factory = uvloop.new_event_loop
-    except ImportError:
-        pass
-    with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(main)
+    """The load generator runs on uvloop too: a cheaper client leaves more of a small
+    machine to the server under test."""
+    return loop.run(main)
 
 
 def bench(

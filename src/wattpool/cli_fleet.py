@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from wattpool import loop
 from wattpool.config import Settings
 
 tokens_app = typer.Typer(help="One-time join tokens for sites (operator side).",
@@ -123,7 +124,7 @@ def node_join(
     settings = _settings(nats_url=nats, node_engines=engines, node_name=name,
                          engine_threads=threads, data_dir=data_dir, log_level=log_level)
     setup_logging(settings.log_level)
-    raise typer.Exit(asyncio.run(_run_node(settings, token)))
+    raise typer.Exit(loop.run(_run_node(settings, token)))
 
 
 async def _run_node(settings: Settings, token: str | None) -> int:
@@ -206,7 +207,7 @@ def server(
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
     setup_logging(settings.log_level)
-    raise typer.Exit(asyncio.run(_run_server(settings, deployments)))
+    raise typer.Exit(loop.run(_run_server(settings, deployments)))
 
 
 async def _run_server(settings: Settings, deployments: list) -> int:  # type: ignore[type-arg]
