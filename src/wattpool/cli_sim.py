@@ -55,6 +55,9 @@ def sim(
     tpot_slo: Annotated[float, typer.Option(help="TPOT bound for goodput, seconds.")] = 0.2,
     start_hour: Annotated[float, typer.Option(help="Hour of the price week at t=0 "
                                               "(0 = 2023-08-07 00:00 UTC).")] = 47.5,
+    shards: Annotated[int, typer.Option(min=1, help="Processes per policy run: 1 is exact; "
+                                        "more split the fleet and its demand (faster, an "
+                                        "approximation: docs/simulator.md).")] = 1,
 ) -> None:
     """Simulate a fleet of GPU sites serving the Azure trace under each routing policy."""
     try:
@@ -64,7 +67,7 @@ def sim(
     spec = RunSpec(sites=sites, policies=names, load=load, rate=rate, duration_s=duration,
                    seed=seed, shared=shared_prefixes, data=data,
                    slo=Slo(ttft_slo, tpot_slo),
-                   sim=SimConfig(faults=faults, start_hour=start_hour))
+                   sim=SimConfig(faults=faults, start_hour=start_hour), shards=shards)
     try:
         setup = prepare(spec)
     except (FileNotFoundError, ValueError, KeyError) as exc:

@@ -51,3 +51,14 @@ def test_sim_says_when_the_data_folder_is_missing(tmp_path: Path) -> None:
 def test_the_sub_app_has_the_command() -> None:
     result = CliRunner().invoke(sim_app, ["sim", "--help"])
     assert result.exit_code == 0 and "--sites" in result.output
+
+
+def test_sim_runs_split_over_two_processes(tmp_path: Path) -> None:
+    out = tmp_path / "split"
+    result = CliRunner().invoke(app(), ["sim", "--sites", "24", "--duration", "60",
+                                        "--policies", "wattpool", "--shards", "2",
+                                        "--no-plots", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["invariants"] == {"wattpool": []}
+    assert report["results"]["wattpool"]["requests"] > 0
