@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from wattpool.policy.candidates import IN_FLIGHT, PRICE, Candidate, RequestSpec
-from wattpool.policy.routing import InstanceSnapshot
 from wattpool.policy.scoring import ScoringPolicy
-from wattpool.policy.tables import TableBook, from_instance_snapshot
+from wattpool.policy.tables import TableBook
 
 
 def cand(name: str, model: str = "m", **kw: object) -> Candidate:
@@ -49,11 +48,3 @@ def test_the_routers_own_count_overrides_the_reported_one() -> None:
     assert table.m[IN_FLIGHT, table.row_of["a"]] == 5
     d = ScoringPolicy().choose(RequestSpec("m", 100, 10), table, np.random.default_rng(0))
     assert d.chosen == "b"
-
-
-def test_live_snapshots_convert_with_neutral_defaults() -> None:
-    snap = InstanceSnapshot("i1", "n1", "m", ready=True, in_flight=3)
-    c = from_instance_snapshot(snap, region="eu", rtt_ms=12.0)
-    assert (c.instance_id, c.node_id, c.model_id, c.in_flight, c.rtt_ms) == (
-        "i1", "n1", "m", 3, 12.0)
-    assert c.ready and not (c.draining or c.curtailed or c.quarantined)

@@ -6,6 +6,7 @@ import pytest
 
 from wattpool.control.registry import InstanceView, Registry
 from wattpool.control.router import RouteHints, Router, prompt_text_of
+from wattpool.policy.candidates import READY
 from wattpool.protocol import (
     Hardware,
     Heartbeat,
@@ -74,6 +75,10 @@ class Fleet:
             node_id=node_id, seq=self.seq, hardware=hw or hardware(), instances=instances,
         ))
 
+    def ready(self, model_id: str = "m") -> dict[str, bool]:
+        """instance id -> whether the router may send it new work."""
+        return {c.instance_id: c.flags == READY for c in self.router.candidates(model_id)}
+
     def chosen(self, model_id: str = "m") -> str | None:
         return self.router.decide(model_id).chosen
 
@@ -101,9 +106,8 @@ def test_add_node_records_last_seen(fleet: Fleet) -> None:
 
 def test_new_instances_are_scheduled_and_not_routable(fleet: Fleet) -> None:
     assert fleet.registry.instances["i1"].state == "scheduled"
-    snaps = fleet.registry.snapshots("m")
-    assert sorted(s.instance_id for s in snaps) == ["i1", "i2"]
-    assert not any(s.ready for s in snaps)
+    assert fleet.ready() == {"i1": False, "i2": False}
+    assert fleet.router.ready_instances("m") == 0
     assert fleet.router.pick("m") is None
 
 
@@ -157,7 +161,8 @@ def test_heartbeat_updates_node_hardware_and_last_seen(fleet: Fleet) -> None:
 def test_silent_node_becomes_unreachable_and_leaves_routing(fleet: Fleet) -> None:
     fleet.beat("n1", ("i1", "ready", 0))
     fleet.beat("n2", ("i2", "ready", 0))
-    assert {s.instance_id for s in fleet.registry.snapshots("m") if s.ready} == {"i1", "i2"}
+    assert fleet.ready() == {"i1": True, "i2": True}
+    assert fleet.router.ready_instances("m") == 2
 
     fleet.clock.advance(TIMEOUT_S - 1)
     fleet.beat("n2", ("i2", "ready", 0))  # n2 keeps talking, n1 falls silent
@@ -167,8 +172,7 @@ def test_silent_node_becomes_unreachable_and_leaves_routing(fleet: Fleet) -> Non
     assert fleet.registry.nodes["n1"].reachable is False
     assert fleet.registry.nodes["n2"].reachable is True
 
-    ready = {s.instance_id: s.ready for s in fleet.registry.snapshots("m")}
-    assert ready == {"i1": False, "i2": True}
+    assert fleet.ready() == {"i1": False, "i2": True}
     decision = fleet.router.decide("m", explain=True)
     assert decision.chosen == "i2"
     dropped = {r.instance_id: r.reason for r in decision.report or () if r.dropped_by}
@@ -205,16 +209,16 @@ def test_only_ready_instances_are_routable(fleet: Fleet) -> None:
     assert fleet.chosen() == "i1"
 
 
-def test_snapshots_are_per_model(fleet: Fleet) -> None:
+def test_candidates_are_per_model(fleet: Fleet) -> None:
     fleet.instance("o1", "n1", model_id="other")
-    assert [s.instance_id for s in fleet.registry.snapshots("other")] == ["o1"]
-    assert fleet.registry.snapshots("unknown") == []
+    assert list(fleet.ready("other")) == ["o1"]
+    assert fleet.router.candidates("unknown") == []
 
 
 def test_instance_on_a_removed_node_is_not_ready(fleet: Fleet) -> None:
     fleet.beat("n1", ("i1", "ready", 0))
     del fleet.registry.nodes["n1"]
-    assert [s.ready for s in fleet.registry.snapshots("m") if s.instance_id == "i1"] == [False]
+    assert fleet.ready()["i1"] is False
 
 
 def test_instance_missing_from_heartbeat_is_no_longer_ready(fleet: Fleet) -> None:
@@ -333,6 +337,7 @@ def test_curtailed_site_is_never_picked_and_explained(fleet: Fleet) -> None:
     fleet.router.curtailed_sites = {"s1": object(), "s2": object()}
     assert fleet.router.pick("m") is None
     assert not fleet.router.has_ready("m")
+    assert fleet.router.ready_instances("m") == 0  # admission sees no capacity either
 
 
 def test_max_price_hint_keeps_only_cheap_sites(fleet: Fleet) -> None:

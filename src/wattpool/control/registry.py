@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 
 from wattpool.clock import Clock
 from wattpool.policy.audit import Reputation
-from wattpool.policy.routing import InstanceSnapshot
 from wattpool.protocol import Hardware, Heartbeat, InstanceSpec, InstanceState
 
 
@@ -118,22 +117,3 @@ class Registry:
                 node.unreachable_since = now
                 lost.append(node)
         return lost
-
-    def snapshots(self, model_id: str) -> list[InstanceSnapshot]:
-        out = []
-        for view in self.instances.values():
-            if view.model_id != model_id:
-                continue
-            node = self.nodes.get(view.node_id)
-            out.append(
-                InstanceSnapshot(
-                    instance_id=view.instance_id,
-                    node_id=view.node_id,
-                    model_id=view.model_id,
-                    # A draining or curtailed node takes no new work.
-                    ready=view.state == "ready" and node is not None and node.reachable
-                    and node.power_state == "on" and not node.reputation.quarantined,
-                    in_flight=view.in_flight,
-                )
-            )
-        return out

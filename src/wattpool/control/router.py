@@ -143,7 +143,8 @@ class Router:
         return any(c.flags == READY for c in self.candidates(model_id, max_price))
 
     def ready_instances(self, model_id: str) -> int:
-        return sum(1 for s in self.registry.snapshots(model_id) if s.ready)
+        """Instances that could take new work now (admission sizes its slots by them)."""
+        return sum(1 for c in self.candidates(model_id) if c.flags == READY)
 
     def node_reachable(self, node_id: str) -> bool:
         node = self.registry.nodes.get(node_id)

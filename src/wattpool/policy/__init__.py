@@ -3,7 +3,6 @@
 Nothing here imports from the rest of wattpool except plain types, so the live
 router, the placement reconciler and the simulator run the very same code.
 
-- ``routing``: ``pick_least_loaded`` over ``InstanceSnapshot`` (the live router today);
 - ``candidates``: ``Candidate``, ``RequestSpec`` and ``CandidateTable`` (columns);
 - ``filters``, ``scorers``: the plugins; ``scoring.ScoringPolicy``: wattpool's default;
 - ``baselines``: round-robin, least-loaded, power-of-two, prefix-threshold, and

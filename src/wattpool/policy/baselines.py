@@ -5,8 +5,7 @@ sent requests to a curtailed node would lose for the wrong reason. They differ o
 choice among the candidates that pass:
 
 - ``round-robin``: the next eligible row after the last one chosen.
-- ``least-loaded``: fewest requests in flight (the live router's ``pick_least_loaded``:
-  ties go to the lowest instance id).
+- ``least-loaded``: fewest requests in flight; ties go to the lowest instance id.
 - ``power-of-two``: two random eligible rows, the one with fewer requests.
 - ``prefix-threshold``: SGLang's cache-aware router. If the loads are imbalanced
   (max - min > ``abs_threshold`` and max > min * ``rel_threshold``) the least loaded;

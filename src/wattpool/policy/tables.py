@@ -12,16 +12,6 @@ from __future__ import annotations
 from dataclasses import replace
 
 from wattpool.policy.candidates import IN_FLIGHT, Candidate, CandidateTable
-from wattpool.policy.routing import InstanceSnapshot
-
-
-def from_instance_snapshot(snap: InstanceSnapshot, region: str = "", **fields: object
-                           ) -> Candidate:
-    """A Candidate from the live router's InstanceSnapshot; ``fields`` fill the rest
-    (rtt_ms, price_per_mwh, queued, ...), which default to neutral values."""
-    return Candidate(instance_id=snap.instance_id, node_id=snap.node_id,
-                     model_id=snap.model_id, region=region, ready=snap.ready,
-                     in_flight=snap.in_flight, **fields)  # type: ignore[arg-type]
 
 
 class TableBook:
