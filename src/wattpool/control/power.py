@@ -32,6 +32,7 @@ from wattpool.policy.power import PricePoint, price_at, should_curtail
 from wattpool.protocol import CurtailSignal
 from wattpool.store import fleet, repo
 from wattpool.store.fleet import CurtailmentRow, SiteRow
+from wattpool.store.repo import NodeRow
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +181,7 @@ class PowerWatch:
             await asyncio.sleep(self.period_s)
 
     async def tick(self) -> None:
-        rows, nodes, open_ones = await asyncio.to_thread(self._load)
+        rows, nodes, open_ones = await asyncio.to_thread(self.read_store)
         self.router.node_site.clear()
         self.router.node_site.update({n.id: n.site_id for n in nodes if n.site_id})
         seen = set()
@@ -203,7 +204,8 @@ class PowerWatch:
             del self.sites[gone]
             self.router.site_prices.pop(gone, None)
 
-    def _load(self) -> tuple[list[SiteRow], list[Any], dict[str, CurtailmentRow]]:
+    def read_store(self) -> tuple[list[SiteRow], list[NodeRow], dict[str, CurtailmentRow]]:
+        """Blocking: the sites, the nodes, and the open curtailment of each site."""
         return (fleet.list_sites(self.db), repo.list_nodes(self.db),
                 {c.site_id: c for c in fleet.active_curtailments(self.db)})
 

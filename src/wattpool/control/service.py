@@ -293,9 +293,7 @@ class ControlPlane:
     async def _restore_state(self) -> None:
         """Curtailments still open, and audit reputations, hold across restarts."""
         try:
-            open_ones = await asyncio.to_thread(fleet.active_curtailments, self.db)
-            sites = {s.id: s for s in await asyncio.to_thread(fleet.list_sites, self.db)}
-            rows = await asyncio.to_thread(repo.list_nodes, self.db)
+            site_rows, rows, open_by_site = await asyncio.to_thread(self.power.read_store)
         except Exception:
             log.exception("could not read curtailments and reputations from the store")
             return
@@ -306,6 +304,8 @@ class ControlPlane:
                 self.registry.reputations[r.id] = rep
                 if r.id in self.registry.nodes:
                     self.registry.nodes[r.id].reputation = rep
+        sites = {s.id: s for s in site_rows}
+        open_ones = list(open_by_site.values())
         for c in open_ones:
             name = sites[c.site_id].name if c.site_id in sites else c.site_id
             self.curtailed[c.site_id] = CurtailSignal(site_id=c.site_id, site_name=name,
