@@ -92,12 +92,12 @@ def _commitments(specs: list[str] | None) -> list[Any] | None:
     return out
 
 
-def _apply_power(engine: Any, name: str, cap: float | None, source: dict[str, Any] | None,
-                 threshold: float | None, commitments: list[Any] | None,
-                 clear_price: bool = False) -> Any:
-    """Write the power settings that were given; raise FleetError/PriceSourceError."""
+def _power_changes(cap: float | None, source: dict[str, Any] | None,
+                   threshold: float | None, commitments: list[Any] | None,
+                   clear_price: bool = False) -> dict[str, Any]:
+    """The power settings that were given, as ``store.fleet`` keywords; a price source is
+    checked here (it reads files and URLs, which the store does not)."""
     from wattpool.control.power import check_price_source
-    from wattpool.store.fleet import set_site_power
 
     changes: dict[str, Any] = {}
     if cap is not None:
@@ -111,7 +111,7 @@ def _apply_power(engine: Any, name: str, cap: float | None, source: dict[str, An
         changes["curtail_above"] = threshold
     if commitments is not None:
         changes["dr_commitments"] = commitments
-    return set_site_power(engine, name, **changes)
+    return changes
 
 
 @sites_app.command("add")
@@ -125,7 +125,7 @@ def sites_add(
     data_dir: DataDirOpt = None, database_url: DbOpt = None,
 ) -> None:
     """Register a site, with its power settings if given."""
-    from wattpool.control.power import PriceSourceError, check_price_source
+    from wattpool.control.power import PriceSourceError
     from wattpool.store.fleet import FleetError, add_site
 
     console, err = _console()
@@ -134,13 +134,8 @@ def sites_add(
     commitments = _commitments(dr)
     engine = _db(_settings(data_dir=data_dir, database_url=database_url))
     try:
-        # Check before the site exists, so that bad settings add nothing.
-        if source is not None:
-            check_price_source(source)
-        if power_cap_kw is not None and power_cap_kw <= 0:
-            raise FleetError("a power cap must be positive (kW)")
-        site = add_site(engine, name, region)
-        _apply_power(engine, name, power_cap_kw, source, curtail_above, commitments)
+        site = add_site(engine, name, region,
+                        **_power_changes(power_cap_kw, source, curtail_above, commitments))
     except (FleetError, PriceSourceError) as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
@@ -162,15 +157,15 @@ def sites_set(
 ) -> None:
     """Change a site's power settings (what is not given stays as it is)."""
     from wattpool.control.power import PriceSourceError
-    from wattpool.store.fleet import FleetError
+    from wattpool.store.fleet import FleetError, set_site_power
 
     console, err = _console()
     source = _price_source(price_csv, price_column, price_schedule, price_url, price_field,
                            price_every)
     engine = _db(_settings(data_dir=data_dir, database_url=database_url))
     try:
-        _apply_power(engine, name, power_cap_kw, source, curtail_above, _commitments(dr),
-                     clear_price=no_price)
+        set_site_power(engine, name, **_power_changes(
+            power_cap_kw, source, curtail_above, _commitments(dr), clear_price=no_price))
     except (FleetError, PriceSourceError) as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None

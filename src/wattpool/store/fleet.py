@@ -69,6 +69,10 @@ class JoinTokenRow:
     used_by_node: str | None
 
 
+# "Not given" for the power settings, where None means "clear it".
+_UNSET: Any = object()
+
+
 def hash_token(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
@@ -80,13 +84,16 @@ def _site_row(s: Site) -> SiteRow:
                    s.curtail_above, commitments)
 
 
-def add_site(engine: Engine, name: str, region: str) -> SiteRow:
+def add_site(engine: Engine, name: str, region: str, **power: Any) -> SiteRow:
+    """Add a site; ``power`` takes ``set_site_power``'s settings, written in the same
+    transaction (so settings it refuses add no site)."""
     if not name.strip() or not region.strip():
         raise FleetError("a site needs a name and a region")
     try:
         with Session(engine) as s, s.begin():
             site = Site(id=f"site_{uuid.uuid4().hex[:12]}", name=name, region=region,
                         created_at=utcnow())
+            _apply_power(site, **power)
             s.add(site)
             s.flush()
             return _site_row(site)
@@ -150,15 +157,27 @@ def consume_join_token(engine: Engine, secret: str, node_id: str) -> SiteRow:
         return _site_row(site)
 
 
-_UNSET: Any = object()
-
-
 def set_site_power(
     engine: Engine, name: str, *, power_cap_kw: float | None = _UNSET,
     price_source: dict[str, Any] | None = _UNSET, curtail_above: float | None = _UNSET,
     dr_commitments: list[DrCommitment] | None = _UNSET,
 ) -> SiteRow:
     """Change the site's power settings; arguments left out keep their value, None clears."""
+    with Session(engine) as s, s.begin():
+        site = s.scalar(select(Site).where(Site.name == name))
+        if site is None:
+            raise FleetError(f"no site named {name!r}; add it with 'wattpool sites add'")
+        _apply_power(site, power_cap_kw=power_cap_kw, price_source=price_source,
+                     curtail_above=curtail_above, dr_commitments=dr_commitments)
+        s.flush()
+        return _site_row(site)
+
+
+def _apply_power(
+    site: Site, *, power_cap_kw: float | None = _UNSET,
+    price_source: dict[str, Any] | None = _UNSET, curtail_above: float | None = _UNSET,
+    dr_commitments: list[DrCommitment] | None = _UNSET,
+) -> None:
     if power_cap_kw not in (_UNSET, None) and power_cap_kw <= 0:
         raise FleetError("a power cap must be positive (kW)")
     if dr_commitments not in (_UNSET, None):
@@ -166,22 +185,16 @@ def set_site_power(
             if not c.name.strip() or c.within_s <= 0:
                 raise FleetError("a demand-response commitment needs a name and a positive "
                                  "deadline")
-    with Session(engine) as s, s.begin():
-        site = s.scalar(select(Site).where(Site.name == name))
-        if site is None:
-            raise FleetError(f"no site named {name!r}; add it with 'wattpool sites add'")
-        if power_cap_kw is not _UNSET:
-            site.power_cap_kw = power_cap_kw
-        if price_source is not _UNSET:
-            site.price_source = price_source
-        if curtail_above is not _UNSET:
-            site.curtail_above = curtail_above
-        if dr_commitments is not _UNSET:
-            site.dr_commitments = (None if dr_commitments is None else
-                                   [{"name": c.name, "within_s": c.within_s}
-                                    for c in dr_commitments])
-        s.flush()
-        return _site_row(site)
+    if power_cap_kw is not _UNSET:
+        site.power_cap_kw = power_cap_kw
+    if price_source is not _UNSET:
+        site.price_source = price_source
+    if curtail_above is not _UNSET:
+        site.curtail_above = curtail_above
+    if dr_commitments is not _UNSET:
+        site.dr_commitments = (None if dr_commitments is None else
+                               [{"name": c.name, "within_s": c.within_s}
+                                for c in dr_commitments])
 
 
 def _curtailment_row(c: Curtailment) -> CurtailmentRow:
