@@ -34,6 +34,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from wattpool import loop
 from wattpool.benchtools import LoadSpec, RequestResult, run_load
 from wattpool.benchtools.report import latencies
 from wattpool.benchtools.services import (
@@ -46,7 +47,6 @@ from wattpool.benchtools.services import (
     cpu_seconds,
     litellm_version,
 )
-from wattpool.cli_bench import run_async
 
 BENCH = Path(__file__).resolve().parent
 console = Console(width=180)
@@ -363,7 +363,7 @@ def main() -> int:
                 console.print(f"[red]LiteLLM not measured:[/red] {meta['litellm_error']}")
         console.print(f"targets: {', '.join(s.name for s, _ in targets)}; load average "
                       f"{meta['load_before']}")
-        report = run_async(run(args, targets, extra))
+        report = loop.run(run(args, targets, extra))
     finally:
         for service in reversed(started):
             service.stop()

@@ -23,9 +23,9 @@ from typing import Any
 import psutil
 from rich.console import Console
 
+from wattpool import loop
 from wattpool.benchtools import LoadSpec, run_load, summarize, table
 from wattpool.benchtools.services import UpPool
-from wattpool.cli_bench import run_async
 
 BENCH = Path(__file__).resolve().parent
 console = Console(width=120)
@@ -91,7 +91,7 @@ def main() -> int:
     # The same pool as bench/overhead.py's: an engine with no think time.
     pool = UpPool(args.workdir / time.strftime("%Y%m%d-%H%M%S"))
     try:
-        out = run_async(soak(pool, args))
+        out = loop.run(soak(pool, args))
     finally:
         pool.stop()
     met = out["growth_after_warmup"] < GROWTH_BOUND

@@ -7,9 +7,8 @@ bench/soak.py (see docs/benchmarks.md, "Gateway overhead").
 from __future__ import annotations
 
 import json
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -19,13 +18,6 @@ from wattpool.benchtools import LoadSpec, TargetRefused, run_load, summarize, ta
 
 console = Console()
 err_console = Console(stderr=True)
-T = TypeVar("T")
-
-
-def run_async(main: Coroutine[Any, Any, T]) -> T:
-    """The load generator runs on uvloop too: a cheaper client leaves more of a small
-    machine to the server under test."""
-    return loop.run(main)
 
 
 def bench(
@@ -80,7 +72,7 @@ def bench(
         raise typer.Exit(2) from None
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-    result = run_async(run_load(spec))
+    result = loop.run(run_load(spec))
     report = summarize(result)
     text = json.dumps(report, indent=2)
     if json_out is not None and str(json_out) == "-":
