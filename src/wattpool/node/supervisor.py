@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 
 from wattpool.engines import EngineAdapter, get_adapter
+from wattpool.node.engine_http import EngineTransport
 from wattpool.protocol import InstanceSpec, InstanceState, InstanceStatus
 
 log = logging.getLogger(__name__)
@@ -133,7 +134,8 @@ class EngineInstance:
         self.pid = self._proc.pid
         # No overall timeout: streams may be long; the bridge bounds silences itself.
         self.client = httpx.AsyncClient(
-            base_url=self.base_url, timeout=httpx.Timeout(None, connect=5.0)
+            base_url=self.base_url, timeout=httpx.Timeout(None, connect=5.0),
+            transport=EngineTransport(),
         )
         if not await self._wait_healthy():
             if self._proc.returncode is None:
