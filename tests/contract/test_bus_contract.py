@@ -328,6 +328,50 @@ async def test_failing_handler_does_not_stop_later_deliveries(bus: Bus) -> None:
     assert got.data == [b"1", b"boom", b"2", b"3"]
 
 
+# --- inline subscriptions (callbacks that never await) ---------------------
+
+
+class InlineCollector(Collector):
+    def __call__(self, msg: Msg) -> None:  # type: ignore[override]
+        self.msgs.append(msg)
+        self._changed.set()
+        if self.fail_on is not None and msg.data == self.fail_on:
+            raise RuntimeError("callback failure on purpose")
+
+
+async def test_inline_subscription_gets_every_message_in_order(bus: Bus) -> None:
+    got, plain = InlineCollector(), Collector()
+    await bus.subscribe_inline("inline.ordered", got)
+    await bus.subscribe("inline.*", plain)
+    sent = [i.to_bytes(4, "big") for i in range(500)]
+    for data in sent:
+        await bus.publish("inline.ordered", data, reply="_INBOX.r")
+    await got.wait_for(500)
+    await plain.wait_for(500)
+    assert got.data == sent == plain.data
+    assert {m.reply for m in got.msgs} == {"_INBOX.r"}
+    assert {m.subject for m in got.msgs} == {"inline.ordered"}
+
+
+async def test_inline_subscription_survives_a_failing_callback_and_unsubscribes(
+    bus: Bus,
+) -> None:
+    got = InlineCollector(fail_on=b"boom")
+    sub = await bus.subscribe_inline("inline.fragile", got)
+    for data in (b"1", b"boom", b"2"):
+        await bus.publish("inline.fragile", data)
+    await got.wait_for(3)
+    assert got.data == [b"1", b"boom", b"2"]
+    await sub.unsubscribe()
+    sentinel = Collector()
+    await bus.subscribe("inline.fragile", sentinel)
+    await bus.publish("inline.fragile", b"after")
+    await sentinel.wait_for(1)
+    await asyncio.sleep(QUIET_S)
+    assert got.data == [b"1", b"boom", b"2"]
+    await sub.unsubscribe()  # twice is harmless
+
+
 async def test_one_mib_payload_arrives_intact(bus: Bus) -> None:
     payload = os.urandom(1024 * 1024)
     got = Collector()

@@ -25,7 +25,16 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg as NatsMsg
 from nats.aio.subscription import Subscription as NatsSubscription
 
-from wattpool.bus.base import Bus, BusClosed, BusError, BusTimeout, Handler, Msg, Subscription
+from wattpool.bus.base import (
+    Bus,
+    BusClosed,
+    BusError,
+    BusTimeout,
+    Callback,
+    Handler,
+    Msg,
+    Subscription,
+)
 
 log = logging.getLogger(__name__)
 
@@ -81,12 +90,13 @@ class _Partial:
 
 class _NatsSubscription(Subscription):
     def __init__(
-        self, bus: NatsBus, subject: str, handler: Handler, queue: str | None,
-        on_no_responders: Callable[[], None] | None = None,
+        self, bus: NatsBus, subject: str, handler: Handler | None, queue: str | None,
+        on_no_responders: Callable[[], None] | None = None, inline: Callback | None = None,
     ) -> None:
         self.bus = bus
         self.subject = subject
         self.handler = handler
+        self.inline = inline
         self.queue = queue
         self.on_no_responders = on_no_responders
         self.active = True
@@ -108,6 +118,12 @@ class _NatsSubscription(Subscription):
                 return
         else:
             msg = Msg(subject=nmsg.subject, data=nmsg.data, reply=nmsg.reply or None)
+        if self.inline is not None:  # never awaits: no task needed to finish it
+            try:
+                self.inline(msg)
+            except Exception:
+                log.exception("bus callback for %s failed", self.subject)
+            return
         # nats-py's unsubscribe cancels this task; the shield lets the running
         # handler finish anyway (as with LocalBus), e.g. one that unsubscribes itself.
         task = asyncio.get_running_loop().create_task(self._run(msg))
@@ -116,6 +132,7 @@ class _NatsSubscription(Subscription):
         await asyncio.shield(task)
 
     async def _run(self, msg: Msg) -> None:
+        assert self.handler is not None  # a subscription has a handler or a callback
         try:
             await self.handler(msg)
         except Exception:
@@ -286,6 +303,11 @@ class NatsBus(Bus):
         await self._sync(SUBSCRIBE_FLUSH_S)
         return sub
 
+    async def subscribe_inline(self, subject: str, callback: Callback) -> Subscription:
+        sub = await self._subscribe(subject, None, None, inline=callback)
+        await self._sync(SUBSCRIBE_FLUSH_S)
+        return sub
+
     async def _sync(self, timeout: float) -> None:
         """Wait until the server has processed what this connection sent so far."""
         if not self._nc.is_connected:
@@ -297,11 +319,11 @@ class NatsBus(Bus):
             await self._nc.flush(timeout=timeout)
 
     async def _subscribe(
-        self, subject: str, handler: Handler, queue: str | None,
-        on_no_responders: Callable[[], None] | None = None,
+        self, subject: str, handler: Handler | None, queue: str | None,
+        on_no_responders: Callable[[], None] | None = None, inline: Callback | None = None,
     ) -> _NatsSubscription:
         self._check_open()
-        sub = _NatsSubscription(self, subject, handler, queue, on_no_responders)
+        sub = _NatsSubscription(self, subject, handler, queue, on_no_responders, inline)
         with _as_bus_errors(f"subscribe to {subject}"):
             sub.nats_sub = await self._nc.subscribe(
                 subject, queue=queue or "", cb=sub.on_message,

@@ -50,14 +50,16 @@ class _Inbox:
     """The chunks sent to one attempt's inbox.
 
     Waiting costs a future and a timer, not a task: ``asyncio.wait_for`` wraps its
-    awaitable in a new task on every call, and a stream waits once per chunk.
+    awaitable in a new task on every call, and a stream waits once per chunk. ``put``
+    is an inline bus callback: on the in-process bus a chunk reaches the waiting
+    stream without a delivery task in between.
     """
 
     def __init__(self) -> None:
         self.items: deque[bytes] = deque()
         self._waiter: asyncio.Future[None] | None = None
 
-    async def put(self, msg: Msg) -> None:
+    def put(self, msg: Msg) -> None:
         self.items.append(msg.data)
         waiter = self._waiter
         if waiter is not None and not waiter.done():
@@ -271,7 +273,7 @@ class Dispatcher:
         """
         box = _Inbox()
         inbox = self.bus.new_inbox()
-        sub = await self.bus.subscribe(inbox, box.put)
+        sub = await self.bus.subscribe_inline(inbox, box.put)
         finished = False
         try:
             await self.bus.publish(infer_subject(inst.node_id), encode(request), reply=inbox)

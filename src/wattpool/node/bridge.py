@@ -152,6 +152,7 @@ class InferBridge:
         self.idle_timeout_s = idle_timeout_s
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self._replies: dict[str, _Reply] = {}
+        self._refusals: set[asyncio.Task[None]] = set()  # "draining" answers being sent
         self._subs: list[Subscription] = []
         self.draining: str | None = None  # why new work is refused, when it is
 
@@ -160,8 +161,11 @@ class InferBridge:
         return len(self.tasks)
 
     async def start(self) -> None:
-        self._subs.append(await self.bus.subscribe(infer_subject(self.node_id), self._on_infer))
-        self._subs.append(await self.bus.subscribe(cancel_subject(self.node_id), self._on_cancel))
+        # Both handlers only start or cancel a task, so they run inline (no delivery hop).
+        self._subs.append(await self.bus.subscribe_inline(infer_subject(self.node_id),
+                                                          self._on_infer))
+        self._subs.append(await self.bus.subscribe_inline(cancel_subject(self.node_id),
+                                                          self._on_cancel))
 
     async def stop(self) -> None:
         for sub in self._subs:
@@ -171,16 +175,19 @@ class InferBridge:
             task.cancel()
         await asyncio.gather(*self.tasks.values(), return_exceptions=True)
 
-    async def _on_infer(self, msg: Msg) -> None:
+    def _on_infer(self, msg: Msg) -> None:
         if msg.reply is None:
             log.warning("infer request without reply inbox dropped")
             return
         req = decode(msg.data, InferRequest)
         reply = _Reply(self.bus, msg.reply, req.request_id)
+        loop = asyncio.get_running_loop()
         if self.draining:
-            await reply.error(503, f"node is draining: {self.draining}", retriable=True)
+            refusal = reply.error(503, f"node is draining: {self.draining}", retriable=True)
+            self._refusals.add(task := loop.create_task(refusal))
+            task.add_done_callback(self._refusals.discard)
             return
-        task = asyncio.get_running_loop().create_task(self._serve(req, reply))
+        task = loop.create_task(self._serve(req, reply))
         self.tasks[req.request_id] = task
         self._replies[req.request_id] = reply
 
@@ -208,7 +215,7 @@ class InferBridge:
     def resume(self) -> None:
         self.draining = None
 
-    async def _on_cancel(self, msg: Msg) -> None:
+    def _on_cancel(self, msg: Msg) -> None:
         cancel = decode(msg.data, CancelRequest)
         task = self.tasks.get(cancel.request_id)
         if task is not None:
