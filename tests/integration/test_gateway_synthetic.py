@@ -199,3 +199,23 @@ def test_client_disconnect_stops_the_engine(pool: PoolProcess) -> None:
     finally:
         db.dispose()
     assert rows[0].status == "cancelled" and rows[0].completion_tokens >= 3
+
+
+def test_client_gone_before_first_token_stops_the_engine(pool: PoolProcess) -> None:
+    """A client that gives up while the engine is still thinking (no headers yet) frees
+    the engine too, not only one that leaves mid-stream."""
+    engine = f"http://127.0.0.1:{pool.engine_port()}"
+    ttft = httpx.post(f"{engine}/admin/faults", json={}).json()["ttft_s"]
+    httpx.post(f"{engine}/admin/faults", json={"ttft_s": 4.0}).raise_for_status()
+    try:
+        before = engine_stats(pool)
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{pool.base_url}/v1/completions", timeout=httpx.Timeout(5, read=0.5),
+                       json={"model": MODEL, "prompt": "go", "max_tokens": 5, "stream": True})
+        deadline = time.monotonic() + 2.5  # well before the engine's first token
+        while engine_stats(pool)["requests_cancelled"] == before["requests_cancelled"]:
+            assert time.monotonic() < deadline, "engine never saw the cancellation"
+            time.sleep(0.05)
+        assert engine_stats(pool)["tokens_generated"] == before["tokens_generated"]
+    finally:
+        httpx.post(f"{engine}/admin/faults", json={"ttft_s": ttft})
