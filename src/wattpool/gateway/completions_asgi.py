@@ -245,7 +245,8 @@ class CompletionsFront:
                     )
                     limit_headers = admission.headers if admission else {}
                     if stream:
-                        await self.stream(reply, first, chunks, builder, meter, limit_headers)
+                        last = await self.stream(reply, first, chunks, builder, meter,
+                                                 limit_headers)
                     else:
                         await self.whole(reply, first, chunks, builder, meter, limit_headers)
                 finally:
@@ -254,7 +255,7 @@ class CompletionsFront:
                         await meter.abandon()
                     in_flight.dec()
                 if stream:
-                    await reply.send({"type": "http.response.body", "body": b"",
+                    await reply.send({"type": "http.response.body", "body": last,
                                       "more_body": False})
         finally:
             watcher.cancel()
@@ -262,8 +263,10 @@ class CompletionsFront:
     @staticmethod
     async def stream(reply: Reply, first: InferChunk, chunks: AsyncIterator[InferChunk],
                      builder: ResponseBuilder, meter: Meter,
-                     limit_headers: Mapping[str, str]) -> None:
-        """The SSE events; the caller ends the body once the request is cleaned up."""
+                     limit_headers: Mapping[str, str]) -> bytes:
+        """Sends the SSE events but the last ones, which it returns: the caller sends
+        them with the end of the body (one write) once the request is cleaned up, so a
+        client that has read the whole stream finds its request metered and done."""
         await reply.start(200, [*SSE_HEADERS, *raw_headers(limit_headers), SSE_TYPE])
         send = reply.send
         # Events that are ready together leave in one write (role with the first text;
@@ -272,11 +275,11 @@ class CompletionsFront:
         # gateway fell behind (see Dispatcher._attempt).
         role = builder.role_chunk()
         head = sse(role) if role is not None else b""
+        last = b""
         chunk: InferChunk | None = first
         while chunk is not None:
             if chunk.kind == "delta":
-                for _ in range(chunk.tokens or 1):
-                    await meter.token()
+                await meter.tokens(chunk.tokens or 1)
                 await send({"type": "http.response.body",
                             "body": head + builder.delta_event(chunk.text), "more_body": True})
                 head = b""
@@ -284,15 +287,14 @@ class CompletionsFront:
                 tail = sse(builder.finish_chunk(chunk.finish_reason or "stop"))
                 if builder.include_usage and chunk.usage is not None:
                     tail += sse(builder.usage_chunk(chunk.usage))
-                await send({"type": "http.response.body",
-                            "body": head + tail + b"data: [DONE]\n\n", "more_body": True})
+                last, head = head + tail + b"data: [DONE]\n\n", b""
                 await meter.done("ok", 200, chunk.usage)
             elif chunk.kind == "error":
                 # Headers are gone; OpenAI clients raise on an "error" event.
-                await send({"type": "http.response.body",
-                            "body": head + sse(chunk_error(chunk).body()), "more_body": True})
+                last, head = head + sse(chunk_error(chunk).body()), b""
                 await meter.done("error", chunk.status)
             chunk = await anext(chunks, None)
+        return last
 
     @staticmethod
     async def whole(reply: Reply, first: InferChunk, chunks: AsyncIterator[InferChunk],
@@ -303,8 +305,7 @@ class CompletionsFront:
         while chunk is not None:
             if chunk.kind == "delta":
                 text.append(chunk.text)
-                for _ in range(chunk.tokens or 1):
-                    await meter.token()
+                await meter.tokens(chunk.tokens or 1)
             elif chunk.kind == "final":
                 finish, usage = chunk.finish_reason or "stop", chunk.usage
             elif chunk.kind == "error":

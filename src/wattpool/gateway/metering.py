@@ -32,10 +32,11 @@ class Meter:
         self.ttft_s = time.monotonic() - self.started
         self.ctx.metrics.ttft.labels(self.route, self.model).observe(self.ttft_s)
 
-    async def token(self) -> None:
-        self.delivered += 1
+    async def tokens(self, count: int) -> None:
+        """``count`` tokens reached the client (one delta may carry several)."""
+        self.delivered += count
         if self.admission is not None and self.ctx.tenancy is not None:
-            await self.ctx.tenancy.on_token(self.admission)
+            await self.ctx.tenancy.on_tokens(self.admission, count)
 
     async def abandon(self) -> None:
         """The client left before the end: bill what was delivered."""

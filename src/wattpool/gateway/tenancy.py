@@ -257,11 +257,11 @@ class Tenancy:
                          "retry-after-ms": str(int(decision.retry_after_s * 1000))})
         return Admission(caller, decision.lease, dict(decision.headers), estimate)
 
-    async def on_token(self, admission: Admission) -> None:
-        """A completion token was delivered: TPM counts it (in small batches)."""
+    async def on_tokens(self, admission: Admission, count: int) -> None:
+        """Completion tokens were delivered: TPM counts them (in small batches)."""
         if admission.caller.auth is None:
             return
-        admission.pending_tokens += 1
+        admission.pending_tokens += count
         if admission.pending_tokens >= TOKEN_CHARGE_EVERY:
             await self._charge(admission, admission.pending_tokens)
             admission.pending_tokens = 0
