@@ -120,6 +120,24 @@ async def measure(service: Service, tally: Tally, *, rate: float, seconds: float
     tally.results.extend(result.results)
 
 
+async def settle(service: Service, *, quiet: float = 0.05, max_s: float = 90.0) -> None:
+    """Wait until ``service`` has worked off what the last round left it.
+
+    An overloaded target (LiteLLM at 100 req/s) keeps serving requests its client gave up
+    on long after the round; measured next, another target would share the cores with
+    that backlog. Quiet: under ``quiet`` cores over half a second (the caller passes a
+    little over the target's idle use).
+    """
+    pids = service.overhead_pids()
+    deadline = time.monotonic() + max_s
+    while time.monotonic() < deadline:
+        before = cpu_seconds(pids)
+        await asyncio.sleep(0.5)
+        if (cpu_seconds(pids) - before) / 0.5 < quiet:
+            return
+    console.print(f"[yellow]{service.name} still busy {max_s:g} s after its round[/]")
+
+
 async def idle_cpu(targets: list[tuple[Service, Service | None]],
                    seconds: float) -> dict[str, float]:
     """CPU seconds per second each target uses with no load, all measured together."""
@@ -204,6 +222,7 @@ async def run(args: argparse.Namespace, targets: list[tuple[Service, Service | N
                 await measure(service, tallies[service.name], rate=rate,
                               seconds=args.round_s, seed=rnd, max_tokens=args.max_tokens,
                               extra_pids=extra.get(service.name))
+                await settle(service, quiet=max(0.05, 2 * idle[service.name]))
             console.print(f"{rate:g} req/s: round {rnd + 1}/{args.rounds} done; load average "
                           f"{loadavg()}")
         summaries = {name: t.summary() for name, t in tallies.items()}
@@ -223,6 +242,7 @@ async def run(args: argparse.Namespace, targets: list[tuple[Service, Service | N
                 tally = Tally()
                 await measure(service, tally, rate=rate, seconds=args.sweep_s, seed=7,
                               max_tokens=args.max_tokens)
+                await settle(service, quiet=max(0.05, 2 * idle[service.name]))
                 s = tally.summary()
                 row[service.name] = {"ok": s["ok"], "sent": s["sent"],
                                      "ttft_p99_ms": (s["latency_ms"]["ttft"] or {}).get("p99"),
