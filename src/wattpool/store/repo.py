@@ -8,7 +8,7 @@ All functions are synchronous; async callers wrap them in ``asyncio.to_thread``.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime
 from typing import Any, Literal
 
@@ -345,6 +345,9 @@ def _add_to_daily(conn: Connection, totals: dict[_DailyKey, list[int]]) -> None:
             conn.execute(insert(table), [row])
 
 
+_USAGE_COLUMNS = tuple(f.name for f in fields(UsageRecord) if f.name != "id")
+
+
 def insert_usage(engine: Engine, records: Sequence[UsageRecord]) -> int:
     """Store records in one transaction (one executemany). Returns rows inserted;
     records whose request_id is already stored are skipped.
@@ -354,11 +357,8 @@ def insert_usage(engine: Engine, records: Sequence[UsageRecord]) -> int:
     """
     if not records:
         return 0
-    rows = []
-    for r in records:
-        row = asdict(r)
-        row.pop("id")
-        rows.append(row)
+    # Scalars only: a plain getattr per column, not asdict's recursive deep copy.
+    rows = [{name: getattr(r, name) for name in _USAGE_COLUMNS} for r in records]
     stmt = _usage_insert(engine.dialect.name)
     with engine.begin() as conn:
         if engine.dialect.name in ("sqlite", "postgresql"):
