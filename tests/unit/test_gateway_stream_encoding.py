@@ -62,3 +62,20 @@ async def test_engine_stream_accepts_what_json_accepts() -> None:
     # NaN is not JSON, but Python's json module (and some engines) write it.
     await stream.feed(b'data: {"choices": [{"text": "x", "logprob": NaN}]}\n\n')
     assert reply.sent == [{"kind": "delta", "text": "x", "tokens": 1}]
+
+
+async def test_engine_stream_takes_odd_but_valid_events_through_the_generic_path() -> None:
+    reply = _Reply()
+    stream = _EngineStream(reply)  # type: ignore[arg-type]
+    odd = [
+        {"choices": None, "id": "x"},  # no choices: nothing to send
+        {"choices": [{"delta": None, "text": "t", "finish_reason": None}]},
+        {"choices": [{"delta": {"content": "d", "role": 1}}], "usage": {}},
+        {"choices": [], "usage": {"prompt_tokens": 4.0, "completion_tokens": 2.0}},
+        {"choices": [{"delta": {}, "finish_reason": "stop"}], "extra": {"nested": [1, 2]}},
+    ]
+    await stream.feed(b"".join(_event(e) for e in odd) + b"data: [DONE]\n\n")
+    assert reply.sent == [{"kind": "delta", "text": "td", "tokens": 2}]
+    assert stream.reported is not None
+    assert (stream.reported.prompt_tokens, stream.reported.completion_tokens) == (4, 2)
+    assert stream.finish_reason == "stop" and stream.done
