@@ -164,11 +164,21 @@ def engine_stats(pool: PoolProcess) -> dict[str, int]:
     return httpx.get(f"http://127.0.0.1:{pool.engine_port()}/stats").json()
 
 
+def idle_engine_stats(pool: PoolProcess, within_s: float = 10.0) -> dict[str, int]:
+    """The engine's counters once no request is active, so a stream left by an earlier
+    test (the pool is shared) cannot pass for tokens of the one under test."""
+    deadline = time.monotonic() + within_s
+    while (stats := engine_stats(pool))["active"]:
+        assert time.monotonic() < deadline, f"engine still busy: {stats}"
+        time.sleep(0.05)
+    return stats
+
+
 def test_client_disconnect_stops_the_engine(pool: PoolProcess) -> None:
     engine = f"http://127.0.0.1:{pool.engine_port()}"
     httpx.post(f"{engine}/admin/faults", json={"tokens_per_s": 20}).raise_for_status()
     try:
-        before = engine_stats(pool)
+        before = idle_engine_stats(pool)
         with httpx.stream("POST", f"{pool.base_url}/v1/completions", json={
             "model": MODEL, "prompt": "go", "max_tokens": 200, "stream": True,
         }) as resp:
@@ -208,7 +218,7 @@ def test_client_gone_before_first_token_stops_the_engine(pool: PoolProcess) -> N
     ttft = httpx.post(f"{engine}/admin/faults", json={}).json()["ttft_s"]
     httpx.post(f"{engine}/admin/faults", json={"ttft_s": 4.0}).raise_for_status()
     try:
-        before = engine_stats(pool)
+        before = idle_engine_stats(pool)
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(f"{pool.base_url}/v1/completions", timeout=httpx.Timeout(5, read=0.5),
                        json={"model": MODEL, "prompt": "go", "max_tokens": 5, "stream": True})
