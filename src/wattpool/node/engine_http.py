@@ -70,12 +70,6 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost()
 
-    def pause_writing(self) -> None:  # requests are small; nothing to pace
-        pass
-
-    def resume_writing(self) -> None:
-        pass
-
     # httptools callbacks
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -115,9 +109,7 @@ class _Connection(asyncio.Protocol):
         self._keep_alive = False
         self.received = False
         self._head = asyncio.get_running_loop().create_future()
-        self.transport.write(head + body if len(body) < 65536 else head)
-        if len(body) >= 65536:
-            self.transport.write(body)
+        self.transport.write(head + body)  # one segment; engine requests are small JSON
         return self._head
 
     def response_head(self) -> tuple[int, list[tuple[bytes, bytes]]]:
@@ -233,8 +225,7 @@ class EngineTransport(httpx.AsyncBaseTransport):
         timeouts = request.extensions.get("timeout", {})
         read_timeout = timeouts.get("read")
         key = (url.host, url.port or 80)
-        body = request.content if isinstance(request.stream, httpx.ByteStream) \
-            else await request.aread()
+        body = await request.aread()  # already read for byte content; streams are joined
         head = self._head(request, body)
         while True:
             conn = self._idle_connection(key)
