@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +17,12 @@ from wattpool import __version__
 from wattpool.bus import Bus
 from wattpool.control.router import Router
 from wattpool.gateway.admin import install_tenant_routes
-from wattpool.gateway.completions_asgi import KINDS, CompletionsFront, model_not_found
+from wattpool.gateway.completions_asgi import (
+    KINDS,
+    CompletionsFront,
+    model_not_found,
+    new_request_id,
+)
 from wattpool.gateway.dispatch import Dispatcher
 from wattpool.gateway.errors import install_error_handlers
 from wattpool.gateway.metrics import GatewayMetrics
@@ -56,7 +60,7 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = f"req_{uuid.uuid4().hex}"
+        request_id = new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
         path = scope["path"]
         route = path if path in ROUTES else ("/v1/models/{id}" if path.startswith(

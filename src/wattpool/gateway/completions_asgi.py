@@ -78,6 +78,11 @@ class Reply:
         await self.send({"type": "http.response.body", "body": body})
 
 
+def new_request_id() -> str:
+    """The ``x-request-id`` of a response (every route's; see RequestIdMiddleware)."""
+    return f"req_{uuid.uuid4().hex}"
+
+
 def raw_headers(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
     return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
 
@@ -158,8 +163,7 @@ class CompletionsFront:
         if scope["type"] == "http" and scope["method"] == "POST":
             kind = KINDS.get(scope["path"])
             if kind is not None:
-                request_id = f"req_{uuid.uuid4().hex}"
-                await self.handle(scope, receive, Reply(send, request_id, scope["path"],
+                await self.handle(scope, receive, Reply(send, new_request_id(), scope["path"],
                                                         self.ctx.metrics.requests), kind)
                 return
         await self.app(scope, receive, send)
