@@ -10,72 +10,22 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from wattpool.bus.local import LocalBus
-from wattpool.clock import SystemClock
-from wattpool.control.service import ControlPlane, Deployment
-from wattpool.gateway.app import GatewayContext, create_app
 from wattpool.gateway.completions_asgi import CompletionsFront
-from wattpool.gateway.dispatch import Dispatcher
-from wattpool.gateway.metrics import GatewayMetrics
 from wattpool.protocol import InferChunk
-from wattpool.store import UsageWriter, list_usage, make_engine, migrate
+from wattpool.store import list_usage
 
-
-@dataclass
-class Gateway:
-    front: CompletionsFront
-    client: httpx.AsyncClient
-    usage: UsageWriter
-    metrics: GatewayMetrics
-    dispatcher: Dispatcher
-
-    async def record(self, request_id: str) -> Any:
-        await self.usage.flush()
-        (record,) = list_usage(self.usage.engine, request_id=request_id)
-        return record
-
-    def count(self, route: str, status: int) -> float:
-        value = self.metrics.registry.get_sample_value(
-            "wattpool_requests_total", {"route": route, "status": str(status)})
-        return value or 0.0
-
-    def in_flight(self, route: str) -> float:
-        return self.metrics.registry.get_sample_value(
-            "wattpool_requests_in_flight", {"route": route}) or 0.0
+from gatewaytools import Gateway, in_process_gateway
 
 
 @pytest.fixture
 async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
-    db = make_engine(f"sqlite:///{tmp_path / 'pool.db'}")
-    migrate(db)
-    bus = LocalBus()
-    control = ControlPlane(
-        bus, db, SystemClock(),
-        [Deployment("dep_m", "m", "synthetic", "m", context_length=128, memory_bytes=1)],
-        heartbeat_interval_s=1, heartbeat_timeout_s=3, reconcile_interval_s=1,
-    )
-    await control.start()
-    usage = UsageWriter(db, flush_interval_s=0.05, batch_size=10, buffer_size=100)
-    await usage.start()
-    dispatcher = Dispatcher(bus, control.router, attempts=2, ack_timeout_s=0.5,
-                            first_token_timeout_s=5, idle_timeout_s=5, retry_after_s=7)
-    metrics = GatewayMetrics()
-    front = create_app(GatewayContext(control.router, dispatcher, usage, metrics,
-                                      max_body_bytes=10_000))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=front),
-                                 base_url="http://gw") as client:
-        yield Gateway(front, client, usage, metrics, dispatcher)
-    await usage.stop()
-    await control.stop()
-    await bus.close()
-    db.dispose()
+    async with in_process_gateway(tmp_path) as gw:
+        yield gw
 
 
 def delta(seq: int, text: str) -> InferChunk:
@@ -123,10 +73,11 @@ async def call_front(front: CompletionsFront, body: dict[str, Any], gone: asynci
     return sent
 
 
-async def test_disconnect_while_waiting_for_first_token_stops_the_work(
-    gateway: Gateway, monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    node = SlowNode(deltas=0)
+async def hang_up_after(gateway: Gateway, monkeypatch: pytest.MonkeyPatch, *, deltas: int,
+                        ) -> list[dict[str, Any]]:
+    """A streamed completion whose node sends ``deltas`` and goes quiet; the client then
+    hangs up. Checks the work was stopped; returns what the front sent."""
+    node = SlowNode(deltas=deltas)
     monkeypatch.setattr(gateway.dispatcher, "run", node.run)
     gone = asyncio.Event()
     call = asyncio.create_task(call_front(
@@ -135,6 +86,13 @@ async def test_disconnect_while_waiting_for_first_token_stops_the_work(
     gone.set()
     sent = await call
     assert node.closed.is_set()
+    return sent
+
+
+async def test_disconnect_while_waiting_for_first_token_stops_the_work(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sent = await hang_up_after(gateway, monkeypatch, deltas=0)
     assert sent == []  # no one to answer
     assert gateway.in_flight("/v1/completions") == 0
     await gateway.usage.flush()
@@ -145,15 +103,7 @@ async def test_disconnect_while_waiting_for_first_token_stops_the_work(
 async def test_disconnect_mid_stream_stops_the_work(
     gateway: Gateway, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    node = SlowNode(deltas=2)
-    monkeypatch.setattr(gateway.dispatcher, "run", node.run)
-    gone = asyncio.Event()
-    call = asyncio.create_task(call_front(
-        gateway.front, {"model": "m", "prompt": "hi", "stream": True}, gone))
-    await asyncio.wait_for(node.waiting.wait(), 5)
-    gone.set()
-    start, *bodies = await call
-    assert node.closed.is_set()
+    start, *bodies = await hang_up_after(gateway, monkeypatch, deltas=2)
     headers = dict(start["headers"])
     assert start["status"] == 200
     assert headers[b"content-type"] == b"text/event-stream; charset=utf-8"

@@ -15,46 +15,23 @@ import httpx
 import pytest
 
 from wattpool.bus import Msg
-from wattpool.bus.local import LocalBus
 from wattpool.bus.nats import NatsBus
 from wattpool.clock import SystemClock
 from wattpool.control.registry import Registry
 from wattpool.control.router import Router
-from wattpool.control.service import ControlPlane, Deployment
-from wattpool.gateway.app import GatewayContext, create_app
 from wattpool.gateway.dispatch import Dispatcher, DispatchTrace
 from wattpool.gateway.errors import APIError
-from wattpool.gateway.metrics import GatewayMetrics
 from wattpool.protocol import Hardware, Heartbeat, InstanceStatus
-from wattpool.store import UsageWriter, list_usage, make_engine, migrate
+from wattpool.store import UsageWriter, list_usage
 
+from gatewaytools import in_process_gateway
 from natstools import NatsServer
 
 
 @pytest.fixture
 async def gateway(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, UsageWriter]]:
-    db = make_engine(f"sqlite:///{tmp_path / 'pool.db'}")
-    migrate(db)
-    bus = LocalBus()
-    control = ControlPlane(
-        bus, db, SystemClock(),
-        [Deployment("dep_m", "m", "synthetic", "m", context_length=128, memory_bytes=1)],
-        heartbeat_interval_s=1, heartbeat_timeout_s=3, reconcile_interval_s=1,
-    )
-    await control.start()
-    usage = UsageWriter(db, flush_interval_s=0.05, batch_size=10, buffer_size=100)
-    await usage.start()
-    dispatcher = Dispatcher(bus, control.router, attempts=2, ack_timeout_s=0.5,
-                            first_token_timeout_s=5, idle_timeout_s=5, retry_after_s=7)
-    app = create_app(GatewayContext(control.router, dispatcher, usage, GatewayMetrics(),
-                                    max_body_bytes=10_000))
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
-        yield client, usage
-    await usage.stop()
-    await control.stop()
-    await bus.close()
-    db.dispose()
+    async with in_process_gateway(tmp_path) as gw:
+        yield gw.client, gw.usage
 
 
 async def test_no_ready_instance_is_503_with_retry_after(
