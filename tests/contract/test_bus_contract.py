@@ -124,6 +124,18 @@ async def wait_total(collectors: list[Collector], count: int) -> None:
         await asyncio.sleep(0.01)
 
 
+async def assert_no_more(bus: Bus, subject: str, gone: Collector, had: list[bytes]) -> None:
+    """After ``gone`` unsubscribed: a message published now reaches a new subscriber
+    (the sentinel: once it has the message, ``gone`` would have had it too) and not
+    ``gone``, which still holds ``had``."""
+    sentinel = Collector()
+    await bus.subscribe(subject, sentinel)
+    await bus.publish(subject, b"after")
+    await sentinel.wait_for(1)
+    await asyncio.sleep(QUIET_S)
+    assert gone.data == had
+
+
 async def responder(bus: Bus, subject: str, reply_with: Callable[[bytes], list[bytes]],
                     delay_s: float = 0.0) -> None:
     """Subscribe a handler that answers each request with the given replies."""
@@ -284,14 +296,7 @@ async def test_unsubscribe_stops_deliveries(bus: Bus) -> None:
     await bus.publish("topic", b"before")
     await gone.wait_for(1)
     await sub.unsubscribe()
-    # A second subscriber is the sentinel: once it has the message, the first
-    # would have had it too.
-    sentinel = Collector()
-    await bus.subscribe("topic", sentinel)
-    await bus.publish("topic", b"after")
-    await sentinel.wait_for(1)
-    await asyncio.sleep(QUIET_S)
-    assert gone.data == [b"before"]
+    await assert_no_more(bus, "topic", gone, [b"before"])
     # Unsubscribing twice is harmless.
     await sub.unsubscribe()
 
@@ -363,12 +368,7 @@ async def test_inline_subscription_survives_a_failing_callback_and_unsubscribes(
     await got.wait_for(3)
     assert got.data == [b"1", b"boom", b"2"]
     await sub.unsubscribe()
-    sentinel = Collector()
-    await bus.subscribe("inline.fragile", sentinel)
-    await bus.publish("inline.fragile", b"after")
-    await sentinel.wait_for(1)
-    await asyncio.sleep(QUIET_S)
-    assert got.data == [b"1", b"boom", b"2"]
+    await assert_no_more(bus, "inline.fragile", got, [b"1", b"boom", b"2"])
     await sub.unsubscribe()  # twice is harmless
 
 

@@ -133,12 +133,17 @@ async def test_no_answer_is_a_read_timeout() -> None:
             await http.post("/s", content=b"{}", timeout=0.3)
 
 
-async def test_a_body_cut_short_is_a_protocol_error() -> None:
-    async def dies(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial")
+def writes_then_closes(raw: bytes) -> Handler:
+    async def handler(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(raw)
         await writer.drain()
         writer.close()
 
+    return handler
+
+
+async def test_a_body_cut_short_is_a_protocol_error() -> None:
+    dies = writes_then_closes(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial")
     async with Server(dies) as srv, client(srv.url) as http:
         with pytest.raises(httpx.RemoteProtocolError):
             await http.post("/s", content=b"{}")
@@ -154,11 +159,7 @@ async def test_garbage_is_a_protocol_error() -> None:
 
 
 async def test_a_body_ended_by_close_is_complete() -> None:
-    async def until_close(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nall of it")
-        await writer.drain()
-        writer.close()
-
+    until_close = writes_then_closes(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nall of it")
     async with Server(until_close) as srv, client(srv.url) as http:
         resp = await http.post("/s", content=b"{}")
         assert resp.text == "all of it"
