@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
 
 
 class BusError(Exception):
@@ -47,6 +50,15 @@ Handler = Callable[[Msg], Awaitable[None]]
 # A handler that only hands the message on (appends it to a buffer, wakes a waiter):
 # it neither blocks nor awaits, so a bus may call it where the message arrives.
 Callback = Callable[[Msg], None]
+
+
+def call_inline(callback: Callback, msg: Msg) -> None:
+    """Deliver to an inline subscription: a callback that raises is logged, and the
+    subscription carries on, as with a handler."""
+    try:
+        callback(msg)
+    except Exception:
+        log.exception("bus callback for %s failed", msg.subject)
 
 
 class Subscription(abc.ABC):

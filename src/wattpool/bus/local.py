@@ -20,6 +20,7 @@ from wattpool.bus.base import (
     Handler,
     Msg,
     Subscription,
+    call_inline,
     subject_matches,
 )
 
@@ -69,10 +70,7 @@ class _InlineSubscription(Subscription):
         self.active = True
 
     def deliver(self, msg: Msg) -> None:
-        try:
-            self.callback(msg)
-        except Exception:
-            log.exception("bus callback for %s failed", self.subject)
+        call_inline(self.callback, msg)
 
     async def unsubscribe(self) -> None:
         if self.active:

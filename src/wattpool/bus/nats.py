@@ -34,6 +34,7 @@ from wattpool.bus.base import (
     Handler,
     Msg,
     Subscription,
+    call_inline,
 )
 
 log = logging.getLogger(__name__)
@@ -119,10 +120,7 @@ class _NatsSubscription(Subscription):
         else:
             msg = Msg(subject=nmsg.subject, data=nmsg.data, reply=nmsg.reply or None)
         if self.inline is not None:  # never awaits: no task needed to finish it
-            try:
-                self.inline(msg)
-            except Exception:
-                log.exception("bus callback for %s failed", self.subject)
+            call_inline(self.inline, msg)
             return
         # nats-py's unsubscribe cancels this task; the shield lets the running
         # handler finish anyway (as with LocalBus), e.g. one that unsubscribes itself.
