@@ -226,20 +226,15 @@ class CompletionsFront:
         watcher = asyncio.get_running_loop().create_task(_watch(receive, gone))
         try:
             with gone:
-                try:
-                    first = await anext(chunks)
-                except BaseException as exc:
-                    in_flight.dec()
-                    with anyio.CancelScope(shield=True):
-                        if isinstance(exc, asyncio.CancelledError):
-                            await meter.abandon()
-                        else:
+                try:  # whatever happens below, the cleanup in `finally` runs once
+                    try:
+                        first = await anext(chunks)
+                    except Exception as exc:  # a cancel is metered by abandon() below
+                        with anyio.CancelScope(shield=True):
                             await meter.done(
                                 "error", exc.status if isinstance(exc, APIError) else 500)
-                    raise
-                try:
+                        raise
                     if first.kind == "error":
-                        await chunks.aclose()
                         await meter.done("error", first.status)
                         raise chunk_error(first)
                     meter.first_token()
