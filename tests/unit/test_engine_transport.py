@@ -199,3 +199,77 @@ async def test_concurrent_streams_each_get_their_own_connection() -> None:
         assert srv.connections == 8
         results = await asyncio.gather(*(one() for _ in range(8)))
         assert srv.connections == 8  # all reused
+
+
+# post_stream: the bridge's inference call, without httpx's client layers.
+
+def address(url: str) -> tuple[str, int]:
+    host, port = url.removeprefix("http://").split(":")
+    return host, int(port)
+
+
+async def test_post_stream_sends_a_plain_post_and_reads_the_stream() -> None:
+    transport = EngineTransport()
+    async with Server(sse_answer) as srv:
+        host, port = address(srv.url)
+        for _ in range(2):
+            async with await transport.post_stream(host, port, "/v1/chat/completions",
+                                                   b'{"a":1}', read_timeout=5,
+                                                   connect_timeout=5) as resp:
+                assert resp.status_code == 200
+                assert resp.headers["content-type"] == "text/event-stream"
+                data = await collect(resp.aiter_raw())
+            assert data == b"".join(b"data: {\"n\": %d}\n\n" % i for i in range(3))
+        head, _, body = srv.requests[0].partition(b"\r\n\r\n")
+        lines = head.lower().split(b"\r\n")
+        assert lines[0] == b"post /v1/chat/completions http/1.1"
+        assert b"content-length: 7" in lines and b"accept-encoding: identity" in lines
+        assert body == b'{"a":1}'
+        assert srv.connections == 1  # read to the end: the connection went back to the pool
+    await transport.aclose()
+
+
+async def test_post_stream_error_body_and_a_stream_left_early() -> None:
+    transport = EngineTransport()
+    async with Server(json_answer) as srv:
+        host, port = address(srv.url)
+        async with await transport.post_stream(host, port, "/x", b"{}", read_timeout=5,
+                                               connect_timeout=5) as resp:
+            assert (resp.status_code, await resp.aread()) == (201, b'{"ok": true}')
+    async with Server(sse_answer) as srv:
+        host, port = address(srv.url)
+        for _ in range(2):
+            async with await transport.post_stream(host, port, "/s", b"{}", read_timeout=5,
+                                                   connect_timeout=5) as resp:
+                async for _ in resp.aiter_raw():
+                    break
+        assert srv.connections == 2  # a body not read to its end closes its connection
+    await transport.aclose()
+
+
+async def test_post_stream_timeouts_and_errors_are_httpx_exceptions() -> None:
+    async def stalls(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        await asyncio.sleep(5)
+
+    transport = EngineTransport()
+    async with Server(stalls) as srv:
+        host, port = address(srv.url)
+        with pytest.raises(httpx.ReadTimeout):
+            async with await transport.post_stream(host, port, "/s", b"{}", read_timeout=0.3,
+                                                   connect_timeout=5) as resp:
+                await collect(resp.aiter_raw())
+    dies = writes_then_closes(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial")
+    async with Server(dies) as srv:
+        host, port = address(srv.url)
+        with pytest.raises(httpx.RemoteProtocolError):
+            async with await transport.post_stream(host, port, "/s", b"{}", read_timeout=5,
+                                                   connect_timeout=5) as resp:
+                await resp.aread()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(httpx.ConnectError):
+        await transport.post_stream("127.0.0.1", port, "/s", b"{}", read_timeout=5,
+                                    connect_timeout=5)
+    await transport.aclose()

@@ -20,7 +20,7 @@ import msgspec
 
 from wattpool.bus import Bus, Msg, Subscription
 from wattpool.engines import EngineRequestError
-from wattpool.node.supervisor import Supervisor
+from wattpool.node.supervisor import ENGINE_HOST, Supervisor
 from wattpool.protocol import (
     CancelRequest,
     InferChunk,
@@ -62,7 +62,7 @@ class _Event(msgspec.Struct):
 _decode_typed_event = msgspec.json.Decoder(_Event).decode
 _decode_event = msgspec.json.Decoder().decode
 _encode_body = msgspec.json.Encoder().encode
-_JSON = {"content-type": "application/json"}
+ENGINE_CONNECT_TIMEOUT_S = 5.0
 # After [DONE], how long to wait for the end of the engine's body. Reading it to the end
 # hands the connection back to the client's pool; an unread body makes httpx close it,
 # and every request then pays a new TCP connection to the engine.
@@ -304,9 +304,12 @@ class InferBridge:
             )
             return
         stream = _EngineStream(reply)
-        timeout = httpx.Timeout(self.idle_timeout_s, connect=5.0)
-        async with client.stream("POST", call.path, content=_encode_body(call.payload),
-                                 headers=_JSON, timeout=timeout) as resp:
+        transport = inst.transport
+        assert transport is not None and inst.port is not None
+        async with await transport.post_stream(
+            ENGINE_HOST, inst.port, call.path, _encode_body(call.payload),
+            read_timeout=self.idle_timeout_s, connect_timeout=ENGINE_CONNECT_TIMEOUT_S,
+        ) as resp:
             if resp.status_code >= 400:
                 raw = await resp.aread()
                 message, err_type, code, param = _parse_engine_error(resp.status_code, raw)
@@ -315,9 +318,13 @@ class InferBridge:
                     error_type=err_type, code=code, param=param,
                 )
                 return
-            # Raw chunks skip httpx's decoder and re-chunker, a layer per network read;
-            # an engine that compresses its stream still gets them.
-            body = resp.aiter_bytes() if "content-encoding" in resp.headers else resp.aiter_raw()
+            # Asked for identity; a stream compressed anyway cannot be read as SSE.
+            encoding = resp.headers.get("content-encoding", "identity")
+            if encoding.lower() != "identity":
+                await reply.error(502, f"the engine compressed its stream ({encoding})",
+                                  retriable=True)
+                return
+            body = resp.aiter_raw()
             async for data in body:
                 await stream.feed(data)
                 if stream.done:

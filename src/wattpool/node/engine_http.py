@@ -11,6 +11,12 @@ engine address.
 
 Plain ``http://`` only: engines listen on the node's loopback. Anything else (and HEAD,
 whose response has no body to parse) goes to httpx's own transport.
+
+The bridge's inference call skips httpx's client layers as well: ``post_stream`` sends a
+prepared POST on the same pooled connections and returns an ``EngineResponse``. Building
+an httpx request and response (URL merge, header objects, cookies, auth and redirect
+hooks, three wrapping body iterators) cost about 0.1 ms per request, as much as the
+rest of the hop.
 """
 
 from __future__ import annotations
@@ -209,6 +215,47 @@ class _Body(httpx.AsyncByteStream):
             self._transport.release(self._conn)
 
 
+class EngineResponse:
+    """A response from ``EngineTransport.post_stream``: status, headers, body chunks."""
+
+    def __init__(self, conn: _Connection, transport: EngineTransport,
+                 read_timeout: float | None) -> None:
+        self.status_code, raw = conn.response_head()
+        self.headers = {name.decode("latin-1").lower(): value.decode("latin-1")
+                        for name, value in raw}
+        self._conn = conn
+        self._transport = transport
+        self._timeout = read_timeout
+        self._closed = False
+
+    async def aiter_raw(self) -> AsyncIterator[bytes]:
+        """The body as it arrives, one piece per network read (chunk framing removed)."""
+        conn, timeout = self._conn, self._timeout
+        while True:
+            try:
+                data = await conn.next_body(timeout)
+            except TimeoutError:
+                raise httpx.ReadTimeout("engine sent nothing within the read timeout") from None
+            if data is None:
+                return
+            yield data
+
+    async def aread(self) -> bytes:
+        return b"".join([data async for data in self.aiter_raw()])
+
+    async def aclose(self) -> None:
+        """Hands the connection back: to the pool if the body was read to its end."""
+        if not self._closed:
+            self._closed = True
+            self._transport.release(self._conn)
+
+    async def __aenter__(self) -> EngineResponse:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
 class EngineTransport(httpx.AsyncBaseTransport):
     """httpx transport for engines on ``http://`` addresses, keep-alive per engine."""
 
@@ -224,19 +271,44 @@ class EngineTransport(httpx.AsyncBaseTransport):
             return await self._fallback.handle_async_request(request)
         timeouts = request.extensions.get("timeout", {})
         read_timeout = timeouts.get("read")
-        key = (url.host, url.port or 80)
         body = await request.aread()  # already read for byte content; streams are joined
-        head = self._head(request, body)
+        conn = await self._exchange((url.host, url.port or 80), self._head(request, body), body,
+                                    read_timeout, timeouts.get("connect"), request)
+        status, headers = conn.response_head()
+        return httpx.Response(status, headers=headers,
+                              stream=_Body(conn, self, read_timeout, request),
+                              extensions={"http_version": b"HTTP/1.1"})
+
+    async def post_stream(self, host: str, port: int, path: str, body: bytes, *,
+                          read_timeout: float | None,
+                          connect_timeout: float | None) -> EngineResponse:
+        """POST a JSON ``body`` to ``path`` and return the response once its head is in.
+
+        Raises httpx's exceptions, as the client would. The caller reads the body (or
+        not) and must ``aclose()`` the response: that hands the connection back.
+        """
+        head = (b"POST %s HTTP/1.1\r\nhost: %s:%d\r\ncontent-type: application/json\r\n"
+                b"accept-encoding: identity\r\ncontent-length: %d\r\n\r\n"
+                % (path.encode(), host.encode(), port, len(body)))
+        conn = await self._exchange((host, port), head, body, read_timeout, connect_timeout,
+                                    None)
+        return EngineResponse(conn, self, read_timeout)
+
+    async def _exchange(self, key: tuple[str, int], head: bytes, body: bytes,
+                        read_timeout: float | None, connect_timeout: float | None,
+                        request: httpx.Request | None) -> _Connection:
+        """Send one request on a pooled (or new) connection; returns it once the
+        response's head is in."""
         while True:
             conn = self._idle_connection(key)
             reused = conn is not None
             if conn is None:
-                conn = await self._connect(key, timeouts.get("connect"), request)
+                conn = await self._connect(key, connect_timeout, request)
             try:
                 pending = conn.start(head, body)
                 async with asyncio.timeout(read_timeout):
                     await pending
-                break
+                return conn
             except TimeoutError:
                 conn.close()
                 raise httpx.ReadTimeout("engine did not answer within the read timeout",
@@ -251,10 +323,6 @@ class EngineTransport(httpx.AsyncBaseTransport):
             except BaseException:
                 conn.close()  # cancelled mid-request: the connection is in an unknown state
                 raise
-        status, headers = conn.response_head()
-        return httpx.Response(status, headers=headers,
-                              stream=_Body(conn, self, read_timeout, request),
-                              extensions={"http_version": b"HTTP/1.1"})
 
     def release(self, conn: _Connection) -> None:
         """Back to the pool if its response was read to the end; closed otherwise."""
@@ -282,7 +350,7 @@ class EngineTransport(httpx.AsyncBaseTransport):
 
     @staticmethod
     async def _connect(key: tuple[str, int], timeout: float | None,
-                       request: httpx.Request) -> _Connection:
+                       request: httpx.Request | None) -> _Connection:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(timeout):

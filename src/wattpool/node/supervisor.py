@@ -25,6 +25,7 @@ from wattpool.node.engine_http import EngineTransport
 from wattpool.protocol import InstanceSpec, InstanceState, InstanceStatus
 
 log = logging.getLogger(__name__)
+ENGINE_HOST = "127.0.0.1"  # engines listen on the node's loopback only
 
 MAX_BACKOFF_S = 30.0
 HEALTH_PERIOD_S = 5.0
@@ -34,7 +35,7 @@ STOP_GRACE_S = 5.0
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((ENGINE_HOST, 0))
         return int(s.getsockname()[1])
 
 
@@ -69,13 +70,16 @@ class EngineInstance:
         self.in_flight = 0
         self.port: int | None = None
         self.pid: int | None = None
+        # The engine's HTTP: httpx's client for the odd call, and its transport, whose
+        # post_stream the bridge uses for every inference (see node/engine_http.py).
         self.client: httpx.AsyncClient | None = None
+        self.transport: EngineTransport | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._task: asyncio.Task[None] | None = None
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{ENGINE_HOST}:{self.port}"
 
     def status(self) -> InstanceStatus:
         return InstanceStatus(
@@ -133,9 +137,10 @@ class EngineInstance:
             )
         self.pid = self._proc.pid
         # No overall timeout: streams may be long; the bridge bounds silences itself.
+        self.transport = EngineTransport()
         self.client = httpx.AsyncClient(
             base_url=self.base_url, timeout=httpx.Timeout(None, connect=5.0),
-            transport=EngineTransport(),
+            transport=self.transport,
         )
         if not await self._wait_healthy():
             if self._proc.returncode is None:
@@ -192,8 +197,9 @@ class EngineInstance:
 
     async def _close_client(self) -> None:
         if self.client is not None:
-            await self.client.aclose()
+            await self.client.aclose()  # closes the transport too
             self.client = None
+            self.transport = None
 
     async def stop(self) -> None:
         if self._task is not None:
