@@ -273,3 +273,27 @@ async def test_post_stream_timeouts_and_errors_are_httpx_exceptions() -> None:
         await transport.post_stream("127.0.0.1", port, "/s", b"{}", read_timeout=5,
                                     connect_timeout=5)
     await transport.aclose()
+
+
+async def test_a_large_body_read_late_arrives_whole() -> None:
+    """More than the high-water mark unread pauses the socket; reading resumes it."""
+    part = bytes(range(256)) * 256  # 64 KiB a chunk frame
+
+    async def big(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        for _ in range(64):  # 4 MiB
+            writer.write(b"%x\r\n%s\r\n" % (len(part), part))
+            await writer.drain()
+        writer.write(b"0\r\n\r\n")
+
+    transport = EngineTransport()
+    async with Server(big) as srv:
+        host, port = address(srv.url)
+        for _ in range(2):
+            async with await transport.post_stream(host, port, "/s", b"{}", read_timeout=5,
+                                                   connect_timeout=5) as resp:
+                await asyncio.sleep(0.3)  # let the engine get ahead of us
+                data = await resp.aread()
+            assert data == part * 64
+        assert srv.connections == 1
+    await transport.aclose()

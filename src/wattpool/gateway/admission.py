@@ -118,6 +118,8 @@ class AdmissionController:
         q.holders[ticket.request_id] = ticket
 
     def _pump(self, q: _ModelQueue, model: str) -> None:
+        if not q.waiting:
+            return  # the usual case on release; counting the ready slots costs a fleet scan
         slots = self.slots_for_model(model)
         while q.waiting and len(q.holders) < slots:
             _, _, ticket, future = heapq.heappop(q.waiting)

@@ -45,6 +45,9 @@ class _Connection(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._head: asyncio.Future[None] | None = None
         self._body: deque[bytes] = deque()
+        # httptools' on_body callback: a body frame goes straight to deque.append (the
+        # parser looks its callbacks up when it is made; see data_received).
+        self.on_body = self._body.append
         self._buffered = 0
         self._paused = False
         self._waiter: asyncio.Future[None] | None = None
@@ -66,8 +69,19 @@ class _Connection(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(httpx.RemoteProtocolError("engine tried to upgrade the connection"))
+            return
         except httptools.HttpParserError as exc:
             self._fail(httpx.RemoteProtocolError(f"malformed response from engine: {exc}"))
+            return
+        # Accounted once per read, not in on_body: llhttp calls that once per chunk frame,
+        # and an engine's stream has a frame per token.
+        if self._body:
+            self._buffered += len(data)
+            if (self._buffered > _HIGH_WATER and not self._paused
+                    and self.transport is not None):
+                self._paused = True
+                self.transport.pause_reading()
+            self._wake()
 
     def eof_received(self) -> bool:
         self._lost()
@@ -88,14 +102,6 @@ class _Connection(asyncio.Protocol):
         if self._head is not None and not self._head.done():
             self._head.set_result(None)
 
-    def on_body(self, body: bytes) -> None:
-        self._body.append(body)
-        self._buffered += len(body)
-        if self._buffered > _HIGH_WATER and not self._paused and self.transport is not None:
-            self._paused = True
-            self.transport.pause_reading()
-        self._wake()
-
     def on_message_complete(self) -> None:
         assert self._parser is not None
         self._keep_alive = self._keep_alive and self._parser.should_keep_alive()
@@ -107,9 +113,9 @@ class _Connection(asyncio.Protocol):
     def start(self, head: bytes, body: bytes) -> asyncio.Future[None]:
         """Send a request; returns a future resolved when the response's head is in."""
         assert self.transport is not None
-        self._parser = httptools.HttpResponseParser(self)
         self._headers = []
         self._body.clear()
+        self._parser = httptools.HttpResponseParser(self)
         self._buffered = 0
         self.complete = False
         self._keep_alive = False
