@@ -45,6 +45,7 @@ from wattpool.benchtools.services import (
     Service,
     UpPool,
     cpu_seconds,
+    exit_on_sigterm,
     litellm_version,
 )
 
@@ -347,6 +348,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
+    exit_on_sigterm()
     args.workdir.mkdir(parents=True, exist_ok=True)
     workdir = args.workdir / time.strftime("%Y%m%d-%H%M%S")
     prefix = UVLOOP_PREFIX if args.loop == "uvloop" else WATTPOOL

@@ -25,7 +25,7 @@ from rich.console import Console
 
 from wattpool import loop
 from wattpool.benchtools import LoadSpec, run_load, summarize, table
-from wattpool.benchtools.services import UpPool
+from wattpool.benchtools.services import UpPool, exit_on_sigterm
 
 BENCH = Path(__file__).resolve().parent
 console = Console(width=120)
@@ -88,6 +88,7 @@ def main() -> int:
     args = p.parse_args()
     if args.warmup >= args.duration:
         p.error("--warmup must be shorter than --duration")
+    exit_on_sigterm()
     # The same pool as bench/overhead.py's: an engine with no think time.
     pool = UpPool(args.workdir / time.strftime("%Y%m%d-%H%M%S"))
     try:

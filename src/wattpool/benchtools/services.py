@@ -41,6 +41,15 @@ PG_ADMIN_URL = os.environ.get("WATTPOOL_BENCH_POSTGRES_URL",
                               "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 
 
+def exit_on_sigterm() -> None:
+    """Make SIGTERM (``timeout``, ``kill``) unwind like Ctrl-C, so the ``finally`` that
+    stops the started services runs and no server outlives the benchmark."""
+    def handler(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
