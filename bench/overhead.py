@@ -68,6 +68,7 @@ class Tally:
     wall_s: float = 0.0
     window_s: float = 0.0  # time between the CPU readings
     idle_cpu_per_s: float = 0.0  # the target's CPU use with no load (timers, heartbeats)
+    round_cpu_ms: list[float] = field(default_factory=list)  # CPU a request, each round
 
     @property
     def ok(self) -> int:
@@ -91,6 +92,8 @@ class Tally:
             "tokens_per_s": tokens / self.wall_s if self.wall_s else 0.0,
             "cpu_ms_per_request": self.cpu_ms_per_request(),
             "net_cpu_ms_per_request": self.net_cpu_ms_per_request(),
+            # The spread says how far apart two targets must be to differ at all.
+            "cpu_ms_per_request_by_round": [round(x, 4) for x in self.round_cpu_ms],
             "idle_cpu_ms_per_s": self.idle_cpu_per_s * 1000,
             "nats_server_cpu_ms_per_request": (self.extra_cpu_s * 1000 / self.ok
                                                if self.ok and self.extra_cpu_s else None),
@@ -114,7 +117,11 @@ async def measure(service: Service, tally: Tally, *, rate: float, seconds: float
     t0 = time.monotonic()
     result = await run_load(spec)
     tally.window_s += time.monotonic() - t0
-    tally.cpu_s += cpu_seconds(pids) - cpu0
+    used = cpu_seconds(pids) - cpu0
+    tally.cpu_s += used
+    done = sum(1 for r in result.results if r.ok)
+    if done:
+        tally.round_cpu_ms.append(used * 1000 / done)
     tally.extra_cpu_s += cpu_seconds(extra_pids or []) - extra0
     tally.client_cpu_s += own_cpu() - client0
     tally.wall_s += result.wall_s
@@ -169,12 +176,16 @@ def _f(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _spread(values: list[float]) -> str:
+    return f"{min(values):.2f}-{max(values):.2f}" if values else "-"
+
+
 def comparison_table(rate: float, summaries: dict[str, dict[str, Any]],
                      deltas: dict[str, dict[str, float | None]]) -> Table:
     table = Table(title=f"{rate:g} req/s, open loop, 64-token streams (ms)")
     for col in ("target", "ok/sent", "TTFT p50", "TTFT p99", "e2e p50", "e2e p99",
                 "+TTFT p50", "+TTFT p99", "+e2e p50", "+e2e p99", "tput ratio",
-                "CPU ms/req", "net of idle"):
+                "CPU ms/req", "rounds min-max", "net of idle"):
         table.add_column(col, justify="left" if col == "target" else "right")
     for name, s in summaries.items():
         lat, d = s["latency_ms"], deltas.get(name, {})
@@ -183,6 +194,7 @@ def comparison_table(rate: float, summaries: dict[str, dict[str, Any]],
                       _f(e2e.get("p50")), _f(e2e.get("p99")), _f(d.get("ttft_p50")),
                       _f(d.get("ttft_p99")), _f(d.get("e2e_p50")), _f(d.get("e2e_p99")),
                       _f(d.get("throughput_ratio"), 3), _f(s["cpu_ms_per_request"], 3),
+                      _spread(s["cpu_ms_per_request_by_round"]),
                       _f(s["net_cpu_ms_per_request"], 3))
     return table
 
@@ -298,16 +310,22 @@ def check_targets(report: dict[str, Any], rate: float) -> dict[str, Any]:
     return out
 
 
-def start_variant(spec: str, workdir: Path) -> UpPool:
-    """``NAME=DIR[,uvloop]``: `wattpool up` with DIR/src first on the module path."""
+def start_variant(spec: str, workdir: Path) -> UpPool | NatsPool:
+    """``NAME=DIR[,uvloop][,nats]``: `wattpool up` (or, with ``nats``, the NATS shape)
+    with DIR/src first on the module path."""
     name, _, rest = spec.partition("=")
-    folder, _, option = rest.partition(",")
+    folder, *options = rest.split(",")
     src = Path(folder).resolve() / "src"
-    if not name or not (src / "wattpool").is_dir():
-        raise SystemExit(f"--variant {spec!r}: expected NAME=DIR with DIR/src/wattpool")
+    if not name or not (src / "wattpool").is_dir() or set(options) - {"uvloop", "nats"}:
+        raise SystemExit(f"--variant {spec!r}: expected NAME=DIR[,uvloop][,nats] with "
+                         "DIR/src/wattpool")
     env = {"PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")])}
-    pool = UpPool(workdir / name, prefix=UVLOOP_PREFIX if option == "uvloop" else WATTPOOL,
-                  env=env)
+    prefix = UVLOOP_PREFIX if "uvloop" in options else WATTPOOL
+    pool: UpPool | NatsPool
+    if "nats" in options:
+        pool = NatsPool(workdir / name, prefix=prefix, env=env)
+    else:
+        pool = UpPool(workdir / name, prefix=prefix, env=env)
     pool.name = name
     return pool
 
@@ -333,10 +351,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--loop", choices=("default", "uvloop"), default="default",
                    help="start wattpool processes on uvloop through a wrapper (for "
                    "before/after figures of the event loop alone)")
-    p.add_argument("--variant", action="append", default=[], metavar="NAME=DIR[,uvloop]",
-                   help="also measure `wattpool up` run from another source tree (DIR/src "
-                   "first on PYTHONPATH), e.g. a checkout of the commit before a change; "
-                   "repeatable. Gives before/after figures in one interleaved run")
+    p.add_argument("--variant", action="append", default=[],
+                   metavar="NAME=DIR[,uvloop][,nats]",
+                   help="also measure `wattpool up` (with ,nats: the NATS shape) run from "
+                   "another source tree (DIR/src first on PYTHONPATH), e.g. a checkout of "
+                   "the commit before a change; repeatable. Gives before/after figures in "
+                   "one interleaved run")
     p.add_argument("--workdir", type=Path, default=BENCH / "out" / "overhead-run")
     p.add_argument("--out", type=Path, default=BENCH / "out" / "overhead.json")
     args = p.parse_args()
@@ -363,16 +383,23 @@ def main() -> int:
         extra: dict[str, list[int]] = {}
         if "up" in args.paths:
             targets.append((up, engine))
-        for variant in args.variant:
-            pool = start_variant(variant, workdir)
-            started.append(pool)
-            targets.append((pool, engine))
+        nats_engine: DirectEngine | None = None
         if "nats" in args.paths:
             nats = NatsPool(workdir, prefix=prefix)
             started.append(nats)
             nats_engine = DirectEngine("engine-nats", nats.engine_pid, nats.engine_url)
             targets += [(nats_engine, None), (nats, nats_engine)]
             extra[nats.name] = [nats.nats.pid]
+        for variant in args.variant:
+            pool = start_variant(variant, workdir)
+            started.append(pool)
+            if isinstance(pool, NatsPool):
+                # Its own engine is the same synthetic one; the latencies are compared
+                # with the NATS path's engine, as the NATS path's are.
+                targets.append((pool, nats_engine or engine))
+                extra[pool.name] = [pool.nats.pid]
+            else:
+                targets.append((pool, engine))
         if "litellm" in args.paths:
             try:
                 meta["litellm_version"] = ensure_litellm(args.litellm_venv,

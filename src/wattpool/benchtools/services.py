@@ -198,7 +198,8 @@ class NatsPool(Service):
 
     name = "wattpool-nats"
 
-    def __init__(self, workdir: Path, *, prefix: Sequence[str] = ()) -> None:
+    def __init__(self, workdir: Path, *, prefix: Sequence[str] = (),
+                 env: dict[str, str] | None = None) -> None:
         binary = os.environ.get("NATS_SERVER_BIN") or shutil.which("nats-server")
         if not binary:
             raise RuntimeError("nats-server not found (install it or set NATS_SERVER_BIN)")
@@ -208,7 +209,7 @@ class NatsPool(Service):
         wattpool = list(prefix or WATTPOOL)
         try:
             self.database_url = create_database()
-            env = {"WATTPOOL_DATABASE_URL": self.database_url, **BENCH_POOL_ENV}
+            env = {"WATTPOOL_DATABASE_URL": self.database_url, **BENCH_POOL_ENV, **(env or {})}
             nats_port, self.port = free_port(), free_port()
             nats_url = f"nats://127.0.0.1:{nats_port}"
             run_cli(["nats", "init", "--data-dir", str(control), "--host", "127.0.0.1",
@@ -231,7 +232,7 @@ class NatsPool(Service):
             self.node = self._start("wattpool node", [
                 *wattpool, "node", "join", "--nats", nats_url, "--engines", "synthetic",
                 "--name", "bench-node", "--data-dir", str(workdir / "nats-node"),
-                "--token", token], workdir / "wattpool-node.log")
+                "--token", token], workdir / "wattpool-node.log", env)
             self.base_url = f"http://127.0.0.1:{self.port}/v1"
             wait_until(lambda: answers(f"http://127.0.0.1:{self.port}/readyz"), 120,
                        "wattpool server ready", self.procs)
