@@ -372,6 +372,30 @@ async def test_inline_subscription_survives_a_failing_callback_and_unsubscribes(
     await sub.unsubscribe()  # twice is harmless
 
 
+async def test_reply_inboxes_get_their_own_replies_until_closed(bus: Bus) -> None:
+    await responder(bus, "svc.three", lambda data: [data + b"." + bytes([48 + i])
+                                                    for i in range(3)])
+    first, second = InlineCollector(), InlineCollector()
+    inbox_1, sub_1 = await bus.reply_inbox(first)
+    inbox_2, sub_2 = await bus.reply_inbox(second)
+    assert inbox_1 != inbox_2
+    await bus.publish("svc.three", b"a", reply=inbox_1)
+    await bus.publish("svc.three", b"b", reply=inbox_2)
+    await first.wait_for(3)
+    await second.wait_for(3)
+    assert first.data == [b"a.0", b"a.1", b"a.2"]
+    assert second.data == [b"b.0", b"b.1", b"b.2"]
+    assert {m.subject for m in first.msgs} == {inbox_1}
+    await sub_1.unsubscribe()
+    await bus.publish(inbox_1, b"late")  # closed: dropped
+    await bus.publish(inbox_2, b"still")  # the sentinel: sent after, so it arrives after
+    await second.wait_for(4)
+    await asyncio.sleep(QUIET_S)
+    assert len(first.msgs) == 3 and second.data[-1] == b"still"
+    await sub_1.unsubscribe()  # twice is harmless
+    await sub_2.unsubscribe()
+
+
 async def test_one_mib_payload_arrives_intact(bus: Bus) -> None:
     payload = os.urandom(1024 * 1024)
     got = Collector()

@@ -94,6 +94,18 @@ class Bus(abc.ABC):
     def new_inbox(self) -> str:
         return f"_INBOX.{uuid.uuid4().hex}"
 
+    async def reply_inbox(self, callback: Callback) -> tuple[str, Subscription]:
+        """A new inbox subject whose messages go to ``callback``, and its subscription.
+
+        For replies to a request this process publishes next, on this bus: the inbox
+        need not be known to the server before that publish (it travels on the same
+        connection, after the inbox). A bus may serve all its reply inboxes with one
+        subscription (NatsBus does: a subscription each cost a server round trip, a task
+        and two protocol messages a request); unsubscribing stops delivery as usual.
+        """
+        inbox = self.new_inbox()
+        return inbox, await self.subscribe_inline(inbox, callback)
+
     async def request(self, subject: str, data: bytes, timeout: float) -> bytes:
         """Send one message and return the first reply, or raise BusTimeout."""
         stream = self.stream(subject, data, first_timeout=timeout, idle_timeout=timeout)

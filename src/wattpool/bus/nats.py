@@ -197,6 +197,16 @@ class _NatsSubscription(Subscription):
                 await self.nats_sub.unsubscribe()
 
 
+class _ReplyInbox(Subscription):
+    """One inbox of NatsBus's reply mux: unsubscribing only forgets its callback."""
+
+    def __init__(self, replies: dict[str, Callback], subject: str) -> None:
+        self.replies, self.subject = replies, subject
+
+    async def unsubscribe(self) -> None:
+        self.replies.pop(self.subject, None)
+
+
 class NatsBus(Bus):
     """A ``Bus`` on one NATS connection. Create it with ``await NatsBus.connect(...)``."""
 
@@ -210,6 +220,12 @@ class NatsBus(Bus):
         self._last_error: BaseException | None = None
         self._connection_errors = 0
         self._slow_logged: dict[int, float] = {}
+        # The reply mux (see reply_inbox): inbox subject -> callback, under one wildcard
+        # subscription made on first use.
+        self._replies: dict[str, Callback] = {}
+        self._reply_prefix: str | None = None
+        self._reply_lock = asyncio.Lock()
+        self._reply_seq = 0
 
     @classmethod
     async def connect(
@@ -305,6 +321,24 @@ class NatsBus(Bus):
         sub = await self._subscribe(subject, None, None, inline=callback)
         await self._sync(SUBSCRIBE_FLUSH_S)
         return sub
+
+    async def reply_inbox(self, callback: Callback) -> tuple[str, Subscription]:
+        self._check_open()
+        if self._reply_prefix is None:
+            async with self._reply_lock:
+                if self._reply_prefix is None:
+                    prefix = self.new_inbox()  # random, and under the inbox_prefix
+                    await self.subscribe_inline(f"{prefix}.*", self._on_reply)
+                    self._reply_prefix = f"{prefix}."
+        self._reply_seq += 1
+        subject = f"{self._reply_prefix}{self._reply_seq}"
+        self._replies[subject] = callback
+        return subject, _ReplyInbox(self._replies, subject)
+
+    def _on_reply(self, msg: Msg) -> None:
+        callback = self._replies.get(msg.subject)
+        if callback is not None:  # else: its inbox was closed, dropped as unsubscribed
+            callback(msg)
 
     async def _sync(self, timeout: float) -> None:
         """Wait until the server has processed what this connection sent so far."""

@@ -272,8 +272,7 @@ class Dispatcher:
         the node) are yielded as one: their text joined, their token counts added.
         """
         box = _Inbox()
-        inbox = self.bus.new_inbox()
-        sub = await self.bus.subscribe_inline(inbox, box.put)
+        inbox, sub = await self.bus.reply_inbox(box.put)
         finished = False
         try:
             await self.bus.publish(infer_subject(inst.node_id), encode(request), reply=inbox)
