@@ -60,7 +60,6 @@ class _Event(msgspec.Struct):
 # Typed first (it skips the fields nobody reads, ~2.5x faster than building dicts); an
 # event it refuses (an odd type, NaN) goes through the generic path, as before.
 _decode_typed_event = msgspec.json.Decoder(_Event).decode
-_decode_typed_events = msgspec.json.Decoder(list[_Event]).decode
 _decode_event = msgspec.json.Decoder().decode
 _encode_body = msgspec.json.Encoder().encode
 ENGINE_CONNECT_TIMEOUT_S = 5.0
@@ -133,50 +132,38 @@ class _EngineStream:
 
     async def feed(self, data: bytes) -> None:
         *lines, self._rest = (self._rest + data).split(b"\n")
-        payloads = [line[5:].strip() for line in lines if line.startswith(b"data:")]
-        if not payloads:
-            return
-        if b"[DONE]" in payloads:
-            self.done = True
-            del payloads[payloads.index(b"[DONE]"):]
         texts: list[str] = []
-        try:
-            # The read's events in one decoder call: per event, the Python around a call
-            # cost more than the decoding (a read holds a dozen events under load).
-            events = _decode_typed_events(b"[" + b",".join(payloads) + b"]")
-        except msgspec.DecodeError:  # includes ValidationError: some event is odd
-            for payload in payloads:
-                self._any_event(payload, texts)
-        else:
-            self._typed_events(events, texts)
+        for line in lines:
+            if not line.startswith(b"data:"):
+                continue
+            payload = line[5:].strip()
+            if payload == b"[DONE]":
+                self.done = True
+                break
+            try:
+                self._typed_event(_decode_typed_event(payload), texts)
+                continue
+            except msgspec.DecodeError:  # includes ValidationError
+                pass
+            try:
+                event = _decode_event(payload)
+            except msgspec.DecodeError:
+                event = json.loads(payload)  # NaN/Infinity, which msgspec refuses
+            self._event(event, texts)
         if texts:
             self.text_parts.extend(texts)
             await self.reply.send(kind="delta", text="".join(texts), tokens=len(texts))
 
-    def _any_event(self, payload: bytes, texts: list[str]) -> None:
-        """One event, typed if it fits the struct, generic if not."""
-        try:
-            self._typed_events([_decode_typed_event(payload)], texts)
-            return
-        except msgspec.DecodeError:
-            pass
-        try:
-            event = _decode_event(payload)
-        except msgspec.DecodeError:
-            event = json.loads(payload)  # NaN/Infinity, which msgspec refuses
-        self._event(event, texts)
-
-    def _typed_events(self, events: list[_Event], texts: list[str]) -> None:
-        for event in events:
-            if event.usage is not None:
-                self.reported = Usage(prompt_tokens=event.usage.prompt_tokens,
-                                      completion_tokens=event.usage.completion_tokens)
-            for choice in event.choices:
-                text = choice.delta.content if choice.delta is not None else choice.text
-                if text:
-                    texts.append(text)
-                if choice.finish_reason:
-                    self.finish_reason = choice.finish_reason
+    def _typed_event(self, event: _Event, texts: list[str]) -> None:
+        if event.usage is not None:
+            self.reported = Usage(prompt_tokens=event.usage.prompt_tokens,
+                                  completion_tokens=event.usage.completion_tokens)
+        for choice in event.choices:
+            text = choice.delta.content if choice.delta is not None else choice.text
+            if text:
+                texts.append(text)
+            if choice.finish_reason:
+                self.finish_reason = choice.finish_reason
 
     def _event(self, event: Any, texts: list[str]) -> None:
         if not isinstance(event, dict):
