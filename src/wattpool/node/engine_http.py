@@ -193,46 +193,25 @@ def _time_out(waiter: asyncio.Future[None]) -> None:
         waiter.set_exception(TimeoutError())
 
 
-class _Body(httpx.AsyncByteStream):
-    def __init__(self, conn: _Connection, transport: EngineTransport, read_timeout: float | None,
-                 request: httpx.Request) -> None:
+class EngineResponse:
+    """A response from ``EngineTransport.post_stream``: status, headers, body chunks.
+
+    ``request``, when the response answers an httpx request, goes with the exceptions.
+    """
+
+    def __init__(self, conn: _Connection, transport: EngineTransport,
+                 read_timeout: float | None, request: httpx.Request | None = None) -> None:
+        self.status_code, self.raw_headers = conn.response_head()
         self._conn = conn
         self._transport = transport
         self._timeout = read_timeout
         self._request = request
-        self._done = False
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        while True:
-            try:
-                data = await self._conn.next_body(self._timeout)
-            except TimeoutError:
-                raise httpx.ReadTimeout("engine sent nothing within the read timeout",
-                                        request=self._request) from None
-            except httpx.RemoteProtocolError as exc:
-                raise httpx.RemoteProtocolError(str(exc), request=self._request) from None
-            if data is None:
-                return
-            yield data
-
-    async def aclose(self) -> None:
-        if not self._done:
-            self._done = True
-            self._transport.release(self._conn)
-
-
-class EngineResponse:
-    """A response from ``EngineTransport.post_stream``: status, headers, body chunks."""
-
-    def __init__(self, conn: _Connection, transport: EngineTransport,
-                 read_timeout: float | None) -> None:
-        self.status_code, raw = conn.response_head()
-        self.headers = {name.decode("latin-1").lower(): value.decode("latin-1")
-                        for name, value in raw}
-        self._conn = conn
-        self._transport = transport
-        self._timeout = read_timeout
         self._closed = False
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {name.decode("latin-1").lower(): value.decode("latin-1")
+                for name, value in self.raw_headers}
 
     async def aiter_raw(self) -> AsyncIterator[bytes]:
         """The body as it arrives, one piece per network read (chunk framing removed)."""
@@ -241,7 +220,10 @@ class EngineResponse:
             try:
                 data = await conn.next_body(timeout)
             except TimeoutError:
-                raise httpx.ReadTimeout("engine sent nothing within the read timeout") from None
+                raise httpx.ReadTimeout("engine sent nothing within the read timeout",
+                                        request=self._request) from None
+            except httpx.RemoteProtocolError as exc:
+                raise httpx.RemoteProtocolError(str(exc), request=self._request) from None
             if data is None:
                 return
             yield data
@@ -262,6 +244,19 @@ class EngineResponse:
         await self.aclose()
 
 
+class _Body(httpx.AsyncByteStream):
+    """An ``EngineResponse``'s body as httpx's response stream."""
+
+    def __init__(self, response: EngineResponse) -> None:
+        self._response = response
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._response.aiter_raw()
+
+    async def aclose(self) -> None:
+        await self._response.aclose()
+
+
 class EngineTransport(httpx.AsyncBaseTransport):
     """httpx transport for engines on ``http://`` addresses, keep-alive per engine."""
 
@@ -280,10 +275,9 @@ class EngineTransport(httpx.AsyncBaseTransport):
         body = await request.aread()  # already read for byte content; streams are joined
         conn = await self._exchange((url.host, url.port or 80), self._head(request, body), body,
                                     read_timeout, timeouts.get("connect"), request)
-        status, headers = conn.response_head()
-        return httpx.Response(status, headers=headers,
-                              stream=_Body(conn, self, read_timeout, request),
-                              extensions={"http_version": b"HTTP/1.1"})
+        response = EngineResponse(conn, self, read_timeout, request)
+        return httpx.Response(response.status_code, headers=response.raw_headers,
+                              stream=_Body(response), extensions={"http_version": b"HTTP/1.1"})
 
     async def post_stream(self, host: str, port: int, path: str, body: bytes, *,
                           read_timeout: float | None,
