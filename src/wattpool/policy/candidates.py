@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import msgspec
 import numpy as np
 
 # Flag bits (column FLAGS). READY is the only "good" bit; the others each exclude.
@@ -40,9 +41,12 @@ N_FIELDS = 14
 _BAD = DRAINING | CURTAILED | QUARANTINED
 
 
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    """One instance as the router sees it at decision time."""
+class Candidate(msgspec.Struct, frozen=True):
+    """One instance as the router sees it at decision time.
+
+    A msgspec Struct, not a dataclass: the live router makes one per instance for every
+    request, and a frozen dataclass with these twenty fields costs 3.0 us to make where
+    this costs 0.5 (``msgspec.structs.replace`` is its ``dataclasses.replace``)."""
 
     instance_id: str
     node_id: str
@@ -138,10 +142,14 @@ class CandidateTable:
         regions = sorted({c.region for c in candidates}) or [""]
         table = cls([c.instance_id for c in candidates], model_id=model_id, regions=regions,
                     gateways=[gateway])
-        region_index = {r: i for i, r in enumerate(regions)}
-        for row, c in enumerate(candidates):
-            table.set_row(row, c, region_index[c.region])
-            table.rtt[0, row] = c.rtt_ms
+        if candidates:
+            region_index = {r: i for i, r in enumerate(regions)}
+            # One assignment of all rows: a numpy write per field and the refresh's
+            # ufuncs per row cost more than the rest of a small fleet's decision.
+            table.data[:] = [_fields_of(c, region_index[c.region]) for c in candidates]
+            table.rtt[0] = [c.rtt_ms for c in candidates]
+            table.node_ids = [c.node_id for c in candidates]
+            table.site_ids = [c.site_id for c in candidates]
         return table
 
     def cols(self, rows: np.ndarray | list[int]) -> np.ndarray:
@@ -156,20 +164,7 @@ class CandidateTable:
     def set_row(self, row: int, c: Candidate, region: int) -> None:
         self.node_ids[row] = c.node_id
         self.site_ids[row] = c.site_id
-        col = self.m[:, row]
-        col[FLAGS] = c.flags
-        col[IN_FLIGHT] = c.in_flight
-        col[QUEUED] = c.queued
-        col[MAX_BATCH] = max(1, c.max_batch)
-        col[MAX_QUEUE] = c.max_queue
-        col[KV_USED] = c.kv_used
-        col[PRICE] = c.price_per_mwh
-        col[WATTS] = c.watts
-        col[INV_PREFILL] = 1.0 / max(c.prefill_tps, 1e-9)
-        col[INV_DECODE] = 1.0 / max(c.decode_tps, 1e-9)
-        col[ERROR_RATE] = c.error_rate
-        col[REGION] = region
-        self.refresh(row)
+        self.data[row] = _fields_of(c, region)
 
     def refresh(self, row: int | None = None) -> None:
         """Recompute the cached columns (OK, WATT_PRICE) after FLAGS, WATTS or PRICE change."""
@@ -198,3 +193,25 @@ class CandidateTable:
             prefill_tps=1.0 / float(col[INV_PREFILL]), decode_tps=1.0 / float(col[INV_DECODE]),
             error_rate=float(col[ERROR_RATE]),
         )
+
+
+def _fields_of(c: Candidate, region: int) -> list[float]:
+    """One row of ``CandidateTable.data``, in FIELD order, with the cached columns (OK,
+    WATT_PRICE) computed as ``CandidateTable.refresh`` computes them."""
+    flags = c.flags
+    return [
+        1.0 if flags_ok(flags) else 0.0,  # OK
+        float(flags),  # FLAGS
+        c.in_flight,  # IN_FLIGHT
+        c.queued,  # QUEUED
+        max(1, c.max_batch),  # MAX_BATCH
+        c.max_queue,  # MAX_QUEUE
+        c.kv_used,  # KV_USED
+        c.price_per_mwh,  # PRICE
+        c.watts,  # WATTS
+        1.0 / max(c.prefill_tps, 1e-9),  # INV_PREFILL
+        1.0 / max(c.decode_tps, 1e-9),  # INV_DECODE
+        c.error_rate,  # ERROR_RATE
+        region,  # REGION
+        c.watts * max(c.price_per_mwh, 0.0),  # WATT_PRICE
+    ]

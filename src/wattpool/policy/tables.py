@@ -9,7 +9,7 @@ the network.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from msgspec.structs import replace
 
 from wattpool.policy.candidates import IN_FLIGHT, Candidate, CandidateTable
 
