@@ -18,7 +18,6 @@ import uuid
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-import anyio
 from prometheus_client.metrics import Counter, Gauge
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -126,15 +125,41 @@ async def read_body(receive: Receive, declared: bytes | None, limit: int) -> byt
             return bytes(body)
 
 
-async def _watch(receive: Receive, gone: anyio.CancelScope) -> None:
-    """Cancels ``gone`` when the client disconnects (uvicorn's send then just drops
+class Hangup:
+    """Cancels the task serving a request when its client disconnects: once, and not
+    after ``disarm`` (the request's cleanup runs to its end). Plain asyncio: the anyio
+    cancel scopes this replaces cost ~6 us each to make and enter, four a request."""
+
+    __slots__ = ("armed", "fired", "task")
+
+    def __init__(self, task: asyncio.Task[Any]) -> None:
+        self.task = task
+        self.armed = True
+        self.fired = False
+
+    def client_left(self) -> None:
+        if self.armed and not self.fired:
+            self.fired = True
+            self.task.cancel()
+
+    def disarm(self) -> None:
+        self.armed = False
+
+    def was_ours(self) -> bool:
+        """Whether a CancelledError the task caught is this hang-up's and nobody else's
+        (asyncio.timeout's test); if so the task is no longer being cancelled."""
+        return self.fired and self.task.uncancel() == 0
+
+
+async def _watch(receive: Receive, hangup: Hangup) -> None:
+    """Tells ``hangup`` when the client disconnects (uvicorn's send then just drops
     what is sent, so without this a stream would run on for nobody)."""
     try:
         while (await receive())["type"] != "http.disconnect":
             pass
     except Exception:  # a server that cannot tell us: nothing to watch
         return
-    gone.cancel()
+    hangup.client_left()
 
 
 class _Endpoint:
@@ -222,40 +247,42 @@ class CompletionsFront:
         # From here a client that hangs up cancels the work, also while it waits for the
         # first token: the dispatcher then tells the node to stop. One task a request,
         # where StreamingResponse took a task group and two.
-        gone = anyio.CancelScope()
-        watcher = asyncio.get_running_loop().create_task(_watch(receive, gone))
+        task = asyncio.current_task()
+        assert task is not None
+        hangup = Hangup(task)
+        watcher = asyncio.get_running_loop().create_task(_watch(receive, hangup))
         try:
-            with gone:
-                try:  # whatever happens below, the cleanup in `finally` runs once
-                    try:
-                        first = await anext(chunks)
-                    except Exception as exc:  # a cancel is metered by abandon() below
-                        with anyio.CancelScope(shield=True):
-                            await meter.done(
-                                "error", exc.status if isinstance(exc, APIError) else 500)
-                        raise
-                    if first.kind == "error":
-                        await meter.done("error", first.status)
-                        raise chunk_error(first)
-                    meter.first_token()
-                    builder = ResponseBuilder(
-                        kind, f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{reply.request_id[4:]}",
-                        model, int(time.time()), include_usage,
-                    )
-                    limit_headers = admission.headers if admission else {}
-                    if stream:
-                        last = await self.stream(reply, first, chunks, builder, meter,
-                                                 limit_headers)
-                    else:
-                        await self.whole(reply, first, chunks, builder, meter, limit_headers)
-                finally:
-                    with anyio.CancelScope(shield=True):
-                        await chunks.aclose()
-                        await meter.abandon()
-                    in_flight.dec()
+            try:  # whatever happens below, the cleanup in `finally` runs once
+                try:
+                    first = await anext(chunks)
+                except Exception as exc:  # a cancel is metered by abandon() below
+                    await meter.done("error", exc.status if isinstance(exc, APIError) else 500)
+                    raise
+                if first.kind == "error":
+                    await meter.done("error", first.status)
+                    raise chunk_error(first)
+                meter.first_token()
+                builder = ResponseBuilder(
+                    kind, f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{reply.request_id[4:]}",
+                    model, int(time.time()), include_usage,
+                )
+                limit_headers = admission.headers if admission else {}
                 if stream:
-                    await reply.send({"type": "http.response.body", "body": last,
-                                      "more_body": False})
+                    last = await self.stream(reply, first, chunks, builder, meter,
+                                             limit_headers)
+                else:
+                    await self.whole(reply, first, chunks, builder, meter, limit_headers)
+            finally:
+                hangup.disarm()  # a hang-up from here on does not cut the cleanup short
+                await chunks.aclose()
+                await meter.abandon()
+                in_flight.dec()
+            if stream:
+                await reply.send({"type": "http.response.body", "body": last,
+                                  "more_body": False})
+        except asyncio.CancelledError:
+            if not hangup.was_ours():
+                raise
         finally:
             watcher.cancel()
 

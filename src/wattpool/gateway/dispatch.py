@@ -21,7 +21,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import anyio
 import msgspec
 
 from wattpool.bus import Bus, Msg
@@ -326,12 +325,15 @@ class Dispatcher:
                 if finished:
                     return
         finally:
-            with anyio.CancelScope(shield=True):
-                await sub.unsubscribe()
-                if not finished:
-                    # Client gone, node failed or silent: make sure the engine stops.
-                    await self.bus.publish(cancel_subject(inst.node_id),
-                                           encode(CancelRequest(request_id=request.request_id)))
+            # A cancellation reaches a task once (the gateway's hang-up, see
+            # completions_asgi.Hangup), and brings it here: these awaits then run to the
+            # end. Neither bus suspends in them (closing a reply inbox is bookkeeping; a
+            # publish is buffered), so no second one can cut them short either.
+            await sub.unsubscribe()
+            if not finished:
+                # Client gone, node failed or silent: make sure the engine stops.
+                await self.bus.publish(cancel_subject(inst.node_id),
+                                       encode(CancelRequest(request_id=request.request_id)))
 
     @staticmethod
     def _next_chunk(box: _Inbox, expected_seq: int) -> InferChunk:

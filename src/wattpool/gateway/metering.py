@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from typing import TYPE_CHECKING
-
-import anyio
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
 from wattpool.gateway.dispatch import DispatchTrace
 from wattpool.protocol import RequestKind, Usage
@@ -47,9 +47,8 @@ class Meter:
         if self.recorded:
             return
         self.recorded = True
-        # Shielded: a client that hangs up while we price and record must not lose the record.
-        with anyio.CancelScope(shield=True):
-            await self._record(status, http_status, usage)
+        # A client that hangs up while we price and record must not lose the record.
+        await run_to_end(self._record(status, http_status, usage))
 
     async def _record(self, status: str, http_status: int, usage: Usage | None) -> None:
         m = self.ctx.metrics
@@ -90,3 +89,43 @@ class Meter:
             key_id=caller.key_id if caller else None,
             priority_class=self.klass, cost_micros=cost,
         ))
+
+
+_unfinished: set[asyncio.Task[Any]] = set()  # run_to_end's tasks whose caller was cancelled
+
+
+async def run_to_end(coro: Coroutine[Any, Any, None]) -> None:
+    """Await ``coro`` so that cancelling the caller does not cut it short.
+
+    Started eagerly: most of the time (prices cached, no key to charge) it never
+    suspends, and then costs no task at all. If it does suspend, the rest runs in a task
+    of its own; a cancellation of the caller is raised only once that task has ended.
+    """
+    try:
+        waiting = coro.send(None)
+    except StopIteration:
+        return
+    task = asyncio.get_running_loop().create_task(_resume(coro, waiting))
+    _unfinished.add(task)
+    task.add_done_callback(_unfinished.discard)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if not task.done():
+            await asyncio.wait([task])  # a second cancel leaves it to finish on its own
+        raise
+
+
+async def _resume(coro: Coroutine[Any, Any, None], waiting: Any) -> None:
+    """Drive ``coro`` on from where ``run_to_end`` left it: it yielded ``waiting`` (a
+    future, as a coroutine awaiting one does to its task) and goes on once that is done."""
+    while True:
+        if waiting is not None:
+            waiting._asyncio_future_blocking = False
+            await asyncio.wait([waiting])  # never cancels the future it waits for
+        else:
+            await asyncio.sleep(0)  # a bare yield: give the loop one turn
+        try:
+            waiting = coro.send(None)
+        except StopIteration:
+            return
