@@ -311,18 +311,22 @@ def check_targets(report: dict[str, Any], rate: float) -> dict[str, Any]:
 
 
 def start_variant(spec: str, workdir: Path) -> UpPool | NatsPool:
-    """``NAME=DIR[,uvloop][,nats]``: `wattpool up` (or, with ``nats``, the NATS shape)
-    with DIR/src first on the module path."""
+    """``NAME=DIR[,uvloop][,nats][,WATTPOOL_X=V]``: `wattpool up` (or, with ``nats``, the
+    NATS shape) with DIR/src first on the module path and the given settings."""
     name, _, rest = spec.partition("=")
     folder, *options = rest.split(",")
     src = Path(folder).resolve() / "src"
-    if not name or not (src / "wattpool").is_dir() or set(options) - {"uvloop", "nats"}:
-        raise SystemExit(f"--variant {spec!r}: expected NAME=DIR[,uvloop][,nats] with "
-                         "DIR/src/wattpool")
-    env = {"PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")])}
-    prefix = UVLOOP_PREFIX if "uvloop" in options else WATTPOOL
+    settings = dict(o.split("=", 1) for o in options if "=" in o)
+    flags = {o for o in options if "=" not in o}
+    if (not name or not (src / "wattpool").is_dir() or flags - {"uvloop", "nats"}
+            or any(not key.startswith("WATTPOOL_") for key in settings)):
+        raise SystemExit(f"--variant {spec!r}: expected NAME=DIR[,uvloop][,nats]"
+                         "[,WATTPOOL_X=V] with DIR/src/wattpool")
+    env = {"PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")]),
+           **settings}
+    prefix = UVLOOP_PREFIX if "uvloop" in flags else WATTPOOL
     pool: UpPool | NatsPool
-    if "nats" in options:
+    if "nats" in flags:
         pool = NatsPool(workdir / name, prefix=prefix, env=env)
     else:
         pool = UpPool(workdir / name, prefix=prefix, env=env)
@@ -352,10 +356,11 @@ def parse_args() -> argparse.Namespace:
                    help="start wattpool processes on uvloop through a wrapper (for "
                    "before/after figures of the event loop alone)")
     p.add_argument("--variant", action="append", default=[],
-                   metavar="NAME=DIR[,uvloop][,nats]",
+                   metavar="NAME=DIR[,uvloop][,nats][,WATTPOOL_X=V]",
                    help="also measure `wattpool up` (with ,nats: the NATS shape) run from "
                    "another source tree (DIR/src first on PYTHONPATH), e.g. a checkout of "
-                   "the commit before a change; repeatable. Gives before/after figures in "
+                   "the commit before a change, optionally with settings (e.g. "
+                   ",WATTPOOL_LOOP_SLICE_US=0); repeatable. Gives before/after figures in "
                    "one interleaved run")
     p.add_argument("--workdir", type=Path, default=BENCH / "out" / "overhead-run")
     p.add_argument("--out", type=Path, default=BENCH / "out" / "overhead.json")

@@ -88,7 +88,7 @@ def up(
         log_level=log_level, open_access=open_access,
     )
     setup_logging(settings.log_level if settings.log_level != "info" else "warning")
-    code = loop.run(_up(settings))
+    code = loop.run(_up(settings), slice_us=settings.loop_slice_us)
     raise typer.Exit(code)
 
 

@@ -124,7 +124,7 @@ def node_join(
     settings = _settings(nats_url=nats, node_engines=engines, node_name=name,
                          engine_threads=threads, data_dir=data_dir, log_level=log_level)
     setup_logging(settings.log_level)
-    raise typer.Exit(loop.run(_run_node(settings, token)))
+    raise typer.Exit(loop.run(_run_node(settings, token), slice_us=settings.loop_slice_us))
 
 
 async def _run_node(settings: Settings, token: str | None) -> int:
@@ -207,7 +207,8 @@ def server(
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
     setup_logging(settings.log_level)
-    raise typer.Exit(loop.run(_run_server(settings, deployments)))
+    raise typer.Exit(loop.run(_run_server(settings, deployments),
+                              slice_us=settings.loop_slice_us))
 
 
 async def _run_server(settings: Settings, deployments: list) -> int:  # type: ignore[type-arg]

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
@@ -176,6 +176,20 @@ class Settings(BaseSettings):
     )
 
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
+    loop_slice_us: int = Field(
+        100, ge=0, le=100_000, description="CPU time slice (us) that the event loop's "
+        "thread of `up`, `server` and `node join` asks Linux (6.12 or later) for: shorter "
+        "than the kernel's default, so the gateway and the node bridge run first when a "
+        "socket wakes them. 0 keeps the kernel's default; else 100-100000."
+    )
+
+    @field_validator("loop_slice_us")
+    @classmethod
+    def _slice_in_kernel_range(cls, value: int) -> int:
+        if 0 < value < 100:
+            raise ValueError("0 (the kernel's default) or 100-100000 us; Linux clamps a "
+                             "shorter slice to 100 us")
+        return value
 
     def payout_policy(self) -> PayoutPolicy:
         from datetime import timedelta

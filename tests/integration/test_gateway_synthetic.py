@@ -13,6 +13,7 @@ import httpx
 import openai
 import pytest
 
+from wattpool.sched import current_slice_us
 from wattpool.store import list_usage, make_engine
 
 from pooltools import PoolProcess
@@ -158,6 +159,16 @@ def test_metrics(pool: PoolProcess, client: openai.OpenAI) -> None:
     assert 'wattpool_tokens_total{kind="completion",model="synthetic"}' in text
     assert "wattpool_requests_in_flight" in text
     assert "wattpool_usage_records_dropped 0.0" in text
+
+
+@pytest.mark.skipif(current_slice_us() is None, reason="no EEVDF time slices here")
+def test_the_pool_loop_asks_for_a_short_slice_and_its_engine_keeps_the_default(
+    pool: PoolProcess,
+) -> None:
+    (engine,) = pool.engine_processes()
+    assert current_slice_us(pool.proc.pid) == 100  # WATTPOOL_LOOP_SLICE_US's default
+    default = current_slice_us(engine.pid)
+    assert default is not None and default > 100
 
 
 def engine_stats(pool: PoolProcess) -> dict[str, int]:
