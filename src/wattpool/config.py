@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from wattpool.sched import MAX_SLICE_US, MIN_SLICE_US
+
 if TYPE_CHECKING:
     from wattpool.economics.payouts import PayoutPolicy
 
@@ -177,7 +179,7 @@ class Settings(BaseSettings):
 
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
     loop_slice_us: int = Field(
-        100, ge=0, le=100_000, description="CPU time slice (us) that the event loop's "
+        100, ge=0, le=MAX_SLICE_US, description="CPU time slice (us) that the event loop's "
         "thread of `up`, `server` and `node join` asks Linux (6.12 or later) for: shorter "
         "than the kernel's default, so the gateway and the node bridge run first when a "
         "socket wakes them. 0 keeps the kernel's default; else 100-100000."
@@ -186,9 +188,9 @@ class Settings(BaseSettings):
     @field_validator("loop_slice_us")
     @classmethod
     def _slice_in_kernel_range(cls, value: int) -> int:
-        if 0 < value < 100:
-            raise ValueError("0 (the kernel's default) or 100-100000 us; Linux clamps a "
-                             "shorter slice to 100 us")
+        if 0 < value < MIN_SLICE_US:
+            raise ValueError(f"0 (the kernel's default) or {MIN_SLICE_US}-{MAX_SLICE_US} us; "
+                             f"Linux clamps a shorter slice to {MIN_SLICE_US} us")
         return value
 
     def payout_policy(self) -> PayoutPolicy:

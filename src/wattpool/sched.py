@@ -19,11 +19,9 @@ kernel, a real-time policy) nothing is changed.
 from __future__ import annotations
 
 import ctypes
-import logging
+import functools
 import os
 import platform
-
-log = logging.getLogger(__name__)
 
 # (sched_setattr, sched_getattr) system call numbers; glibc wraps neither before 2.41.
 _SYSCALLS = {"x86_64": (314, 315), "aarch64": (274, 275)}
@@ -81,8 +79,7 @@ def request_slice(slice_us: int) -> str:
     attr.size = ctypes.sizeof(_SchedAttr)
     attr.sched_runtime = slice_us * 1000
     attr.sched_flags |= _SCHED_FLAG_RESET_ON_FORK
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.syscall(calls[0], 0, ctypes.byref(attr), 0) != 0:
+    if _libc().syscall(calls[0], 0, ctypes.byref(attr), 0) != 0:
         errno = ctypes.get_errno()
         return f"refused by the kernel: {os.strerror(errno)}"
     return f"{slice_us} us"
@@ -90,7 +87,11 @@ def request_slice(slice_us: int) -> str:
 
 def _get(number: int, tid: int) -> _SchedAttr | None:
     attr = _SchedAttr()
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.syscall(number, tid, ctypes.byref(attr), ctypes.sizeof(_SchedAttr), 0) != 0:
+    if _libc().syscall(number, tid, ctypes.byref(attr), ctypes.sizeof(_SchedAttr), 0) != 0:
         return None
     return attr
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
