@@ -121,7 +121,6 @@ async def _resume(coro: Coroutine[Any, Any, None], waiting: Any) -> None:
     future, as a coroutine awaiting one does to its task) and goes on once that is done."""
     while True:
         if waiting is not None:
-            waiting._asyncio_future_blocking = False
             await asyncio.wait([waiting])  # never cancels the future it waits for
         else:
             await asyncio.sleep(0)  # a bare yield: give the loop one turn
