@@ -37,6 +37,7 @@ from rich.table import Table
 from wattpool import loop
 from wattpool.benchtools import LoadSpec, RequestResult, run_load
 from wattpool.benchtools.report import latencies
+from wattpool.benchtools.runner import ClientKind
 from wattpool.benchtools.services import (
     WATTPOOL,
     DirectEngine,
@@ -108,10 +109,11 @@ def own_cpu() -> float:
 
 
 async def measure(service: Service, tally: Tally, *, rate: float, seconds: float, seed: int,
-                  max_tokens: int, extra_pids: list[int] | None = None) -> None:
+                  max_tokens: int, client: ClientKind,
+                  extra_pids: list[int] | None = None) -> None:
     spec = LoadSpec(base_url=service.base_url, model=service.model, rate=rate,
                     max_requests=int(rate * seconds * 2) + 10, max_duration_s=seconds,
-                    timeout_s=30.0, max_tokens=max_tokens, seed=seed)
+                    timeout_s=30.0, max_tokens=max_tokens, seed=seed, client=client)
     pids = service.overhead_pids()
     cpu0, extra0, client0 = cpu_seconds(pids), cpu_seconds(extra_pids or []), own_cpu()
     t0 = time.monotonic()
@@ -223,7 +225,7 @@ async def run(args: argparse.Namespace, targets: list[tuple[Service, Service | N
     warm = Tally()
     for service, _ in targets:  # warm-up: connections, caches, lazy imports
         await measure(service, warm, rate=args.rates[0], seconds=args.warmup_s, seed=999,
-                      max_tokens=args.max_tokens)
+                      max_tokens=args.max_tokens, client=args.client)
     idle = await idle_cpu(targets, args.idle_s)
     for rate in args.rates:
         tallies = {s.name: Tally(idle_cpu_per_s=idle[s.name]) for s, _ in targets}
@@ -234,7 +236,7 @@ async def run(args: argparse.Namespace, targets: list[tuple[Service, Service | N
             for service, _ in order:
                 await measure(service, tallies[service.name], rate=rate,
                               seconds=args.round_s, seed=rnd, max_tokens=args.max_tokens,
-                              extra_pids=extra.get(service.name))
+                              client=args.client, extra_pids=extra.get(service.name))
                 await settle(service, quiet=max(0.05, 2 * idle[service.name]))
             console.print(f"{rate:g} req/s: round {rnd + 1}/{args.rounds} done; load average "
                           f"{loadavg()}")
@@ -254,7 +256,7 @@ async def run(args: argparse.Namespace, targets: list[tuple[Service, Service | N
                     continue
                 tally = Tally()
                 await measure(service, tally, rate=rate, seconds=args.sweep_s, seed=7,
-                              max_tokens=args.max_tokens)
+                              max_tokens=args.max_tokens, client=args.client)
                 await settle(service, quiet=max(0.05, 2 * idle[service.name]))
                 s = tally.summary()
                 row[service.name] = {"ok": s["ok"], "sent": s["sent"],
@@ -343,6 +345,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--round-s", type=float, default=10.0, help="seconds of load per round")
     p.add_argument("--warmup-s", type=float, default=3.0)
     p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--client", choices=("auto", "lean", "httpx"), default="auto",
+                   help="the load generator's HTTP client (see wattpool bench --help); "
+                   "'httpx' measures as runs before the lean client did")
     p.add_argument("--idle-s", type=float, default=5.0,
                    help="seconds of no load to measure each target's idle CPU")
     p.add_argument("--paths", default="up,nats,litellm",
@@ -378,6 +383,7 @@ def main() -> int:
     workdir = args.workdir / time.strftime("%Y%m%d-%H%M%S")
     prefix = UVLOOP_PREFIX if args.loop == "uvloop" else WATTPOOL
     meta: dict[str, Any] = {"argv": sys.argv, "load_before": loadavg(), "cpus": os.cpu_count(),
+                            "client": args.client,
                             "loop": args.loop}
     started: list[Service] = []
     try:

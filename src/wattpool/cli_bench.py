@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, cast
 
 import typer
 from rich.console import Console
 
 from wattpool import loop
 from wattpool.benchtools import LoadSpec, TargetRefused, run_load, summarize, table
+from wattpool.benchtools.runner import ClientKind
 
 console = Console()
 err_console = Console(stderr=True)
@@ -49,11 +50,17 @@ def bench(
     ] = None,
     allow_remote: Annotated[bool, typer.Option(
         "--allow-remote", help="Allow a non-loopback target (only a host you own).")] = False,
+    client: Annotated[str, typer.Option(
+        help="HTTP client: 'lean' (wattpool's HTTP/1.1 transport, plain http:// only; "
+        "cheapest on the cores it shares with the server), 'httpx', or 'auto' (lean for "
+        "http://, httpx for https://).")] = "auto",
 ) -> None:
     """Send a bounded load (open-loop rate or fixed concurrency) and report TTFT,
     inter-token and end-to-end latency (p50/p90/p99), throughput and errors."""
     if kind not in ("chat", "completion"):
         raise typer.BadParameter("--kind must be 'chat' or 'completion'")
+    if client not in ("auto", "lean", "httpx"):
+        raise typer.BadParameter("--client must be 'auto', 'lean' or 'httpx'")
     if rate is None and concurrency is None:
         concurrency = 8
     elif rate is not None and concurrency is not None:
@@ -63,7 +70,7 @@ def bench(
         base_url=url, model=model, kind=kind_, stream=stream, max_tokens=max_tokens,
         prompt=prompt, rate=rate, concurrency=concurrency, max_requests=requests,
         max_duration_s=duration, timeout_s=timeout, api_key=api_key, seed=seed,
-        allow_remote=allow_remote,
+        allow_remote=allow_remote, client=cast(ClientKind, client),  # checked above
     )
     try:
         spec.check()

@@ -3,6 +3,7 @@ SSE timing reader and the JSON report. No timed assertions: times are fed in."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import random
@@ -23,6 +24,7 @@ from wattpool.benchtools import (
     is_loopback_host,
     percentile,
     poisson_arrivals,
+    run_load,
     summarize,
     table,
 )
@@ -193,6 +195,106 @@ def test_sse_reader_flags_error_events() -> None:
     reader = _SseReader(res, start=0.0)
     reader.feed(_event({"error": {"message": "boom"}}), 1.0)
     assert res.error == "stream_error" and not res.ok
+
+
+def test_sse_reader_reads_events_of_other_shapes_as_plain_json() -> None:
+    """Events the typed decoder refuses still count: text that is a number, a usage
+    without completion_tokens, a list; JSON that does not parse is an error."""
+    res = RequestResult(scheduled=0.0)
+    reader = _SseReader(res, start=0.0)
+    reader.feed(_event({"choices": [{"delta": {"content": 5}}]}), 1.0)
+    reader.feed(_event({"choices": [{"text": "x"}], "usage": {"prompt_tokens": 2}}), 2.0)
+    reader.feed(_event([1, 2]) + _event({"choices": [{"delta": None, "text": "y"}],
+                                          "usage": {"completion_tokens": 9}}), 3.0)
+    assert (res.ttft, res.gaps, res.chunks, res.tokens) == (1.0, [1.0, 1.0], 3, 9)
+    assert res.error is None
+    reader.feed(b"data: {not json\n\n", 4.0)
+    assert res.error == "bad_event"
+
+
+def test_spec_picks_the_client_by_scheme_and_refuses_lean_https() -> None:
+    def spec(url: str, client: str) -> LoadSpec:
+        return LoadSpec(base_url=url, model="m", rate=1, client=client,  # type: ignore[arg-type]
+                        allow_remote=True)
+
+    assert spec("http://127.0.0.1:1/v1", "auto").lean
+    assert not spec("https://127.0.0.1:1/v1", "auto").lean
+    assert not spec("http://127.0.0.1:1/v1", "httpx").lean
+    with pytest.raises(ValueError, match="plain http"):
+        spec("https://127.0.0.1:1/v1", "lean").check()
+    with pytest.raises(ValueError, match="client must be"):
+        spec("http://127.0.0.1:1/v1", "curl").check()
+
+
+SSE_ANSWER = b"".join(
+    _event({"choices": [{"delta": {"content": f"t{i} "}}]}) for i in range(4)
+) + _event({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4}}) + \
+    b"data: [DONE]\n\n"
+
+
+async def _sse_server(heads: list[bytes], status: int = 200) -> asyncio.Server:
+    """A raw HTTP/1.1 server on loopback that answers every POST with SSE_ANSWER,
+    chunked and in pieces; ``heads`` gets each request's head, and "(connection)" for
+    each connection opened."""
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        heads.append(b"(connection)")
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                heads.append(head)
+                length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length:"))
+                await reader.readexactly(length)
+                writer.write(b"HTTP/1.1 %d X\r\ncontent-type: text/event-stream\r\n"
+                             b"transfer-encoding: chunked\r\n\r\n" % status)
+                for piece in (SSE_ANSWER[:40], SSE_ANSWER[40:]):
+                    writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                    await writer.drain()
+                writer.write(b"0\r\n\r\n")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    return await asyncio.start_server(serve, "127.0.0.1", 0)
+
+
+@pytest.mark.parametrize("client", ["lean", "httpx"])
+async def test_both_clients_send_the_key_and_read_the_same_answers(client: str) -> None:
+    heads: list[bytes] = []
+    server = await _sse_server(heads)
+    port = server.sockets[0].getsockname()[1]
+    spec = LoadSpec(base_url=f"http://127.0.0.1:{port}/v1", model="m", concurrency=2,
+                    max_requests=6, max_duration_s=10, api_key="sk-test",
+                    client=client)  # type: ignore[arg-type]
+    try:
+        result = await run_load(spec)
+    finally:
+        server.close()
+    assert [(r.status, r.error, r.chunks, r.tokens) for r in result.results] == \
+        [(200, None, 4, 4)] * 6
+    assert all(r.ttft is not None and r.e2e is not None and r.e2e >= r.ttft
+               for r in result.results)
+    assert heads.count(b"(connection)") == 2  # one per client, kept alive
+    requests = [h for h in heads if h != b"(connection)"]
+    assert len(requests) == 6
+    for head in requests:
+        lines = head.lower().split(b"\r\n")
+        assert lines[0] == b"post /v1/chat/completions http/1.1"
+        assert b"authorization: bearer sk-test" in lines
+    assert summarize(result)["load"]["client"] == client
+
+
+async def test_an_error_status_is_counted_and_the_connection_kept() -> None:
+    heads: list[bytes] = []
+    server = await _sse_server(heads, status=503)
+    port = server.sockets[0].getsockname()[1]
+    spec = LoadSpec(base_url=f"http://127.0.0.1:{port}/v1", model="m", concurrency=1,
+                    max_requests=3, max_duration_s=10)
+    try:
+        result = await run_load(spec)
+    finally:
+        server.close()
+    assert [(r.status, r.error) for r in result.results] == [(503, "http_503")] * 3
+    assert heads.count(b"(connection)") == 1  # the error body was read: connection reused
 
 
 # --- the report --------------------------------------------------------------------

@@ -17,14 +17,15 @@ Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]
 class Server:
     """A raw HTTP/1.1 server whose answers each test writes byte by byte."""
 
-    def __init__(self, handler: Handler) -> None:
+    def __init__(self, handler: Handler, host: str = "127.0.0.1") -> None:
         self.handler = handler
+        self.host = host
         self.connections = 0
         self.requests: list[bytes] = []
         self.server: asyncio.Server | None = None
 
     async def __aenter__(self) -> Server:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.server = await asyncio.start_server(self._serve, self.host, 0)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -34,7 +35,8 @@ class Server:
     @property
     def url(self) -> str:
         assert self.server is not None
-        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.server.sockets[0].getsockname()[1]}"
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -226,6 +228,20 @@ async def test_post_stream_sends_a_plain_post_and_reads_the_stream() -> None:
         assert b"content-length: 7" in lines and b"accept-encoding: identity" in lines
         assert body == b'{"a":1}'
         assert srv.connections == 1  # read to the end: the connection went back to the pool
+    await transport.aclose()
+
+
+async def test_post_stream_extra_headers_and_an_ipv6_host() -> None:
+    transport = EngineTransport()
+    async with Server(json_answer, host="::1") as srv:
+        port = int(srv.url.rsplit(":", 1)[1])
+        async with await transport.post_stream(
+                "::1", port, "/v1/completions", b"{}", read_timeout=5, connect_timeout=5,
+                extra_headers=b"authorization: Bearer k1\r\nx-a: b\r\n") as resp:
+            assert resp.status_code == 201 and await resp.aread() == b'{"ok": true}'
+        head = srv.requests[0].partition(b"\r\n\r\n")[0].split(b"\r\n")
+        assert f"host: [::1]:{port}".encode() in head  # bracketed, as RFC 7230 asks
+        assert head[-2:] == [b"authorization: Bearer k1", b"x-a: b"]
     await transport.aclose()
 
 

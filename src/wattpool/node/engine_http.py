@@ -16,7 +16,9 @@ The bridge's inference call skips httpx's client layers as well: ``post_stream``
 prepared POST on the same pooled connections and returns an ``EngineResponse``. Building
 an httpx request and response (URL merge, header objects, cookies, auth and redirect
 hooks, three wrapping body iterators) cost about 0.1 ms per request, as much as the
-rest of the hop.
+rest of the hop. The load generator (``benchtools/runner.py``) sends its requests to
+``http://`` targets the same way, so that it takes less of the cores it shares with what
+it measures.
 """
 
 from __future__ import annotations
@@ -280,16 +282,18 @@ class EngineTransport(httpx.AsyncBaseTransport):
                               stream=_Body(response), extensions={"http_version": b"HTTP/1.1"})
 
     async def post_stream(self, host: str, port: int, path: str, body: bytes, *,
-                          read_timeout: float | None,
-                          connect_timeout: float | None) -> EngineResponse:
+                          read_timeout: float | None, connect_timeout: float | None,
+                          extra_headers: bytes = b"") -> EngineResponse:
         """POST a JSON ``body`` to ``path`` and return the response once its head is in.
 
-        Raises httpx's exceptions, as the client would. The caller reads the body (or
-        not) and must ``aclose()`` the response: that hands the connection back.
+        ``extra_headers``: more header lines, each ending in CRLF, sent as given. Raises
+        httpx's exceptions, as the client would. The caller reads the body (or not) and
+        must ``aclose()`` the response: that hands the connection back.
         """
+        name = f"[{host}]" if ":" in host else host  # an IPv6 address is bracketed
         head = (b"POST %s HTTP/1.1\r\nhost: %s:%d\r\ncontent-type: application/json\r\n"
-                b"accept-encoding: identity\r\ncontent-length: %d\r\n\r\n"
-                % (path.encode(), host.encode(), port, len(body)))
+                b"accept-encoding: identity\r\ncontent-length: %d\r\n%s\r\n"
+                % (path.encode(), name.encode(), port, len(body), extra_headers))
         conn = await self._exchange((host, port), head, body, read_timeout, connect_timeout,
                                     None)
         return EngineResponse(conn, self, read_timeout)
