@@ -384,3 +384,47 @@ def test_shared_prompt_prefix_sticks_to_one_instance_until_it_is_busier(fleet: F
         fleet.router.acquire(first.instance_id)
     moved = fleet.router.pick("m", hints=RouteHints(system + "question three"))
     assert moved is not None and moved.instance_id == other
+
+
+def test_kept_table_matches_a_fresh_one_through_every_kind_of_change(fleet: Fleet) -> None:
+    """Router keeps its candidate table between decisions (rows rewritten when figures
+    change, rebuilt when the instances do); after each change it must hold exactly what a
+    table built from scratch holds."""
+    import numpy as np
+
+    from wattpool.policy.candidates import CandidateTable
+
+    router = fleet.router
+
+    def check() -> CandidateTable:
+        router.decide("m")
+        cands = router.candidates("m")
+        kept = router._tables["m"][1]
+        fresh = CandidateTable.from_candidates(cands, model_id="m")
+        assert kept.ids == fresh.ids and kept.regions == fresh.regions
+        assert kept.node_ids == fresh.node_ids and kept.site_ids == fresh.site_ids
+        np.testing.assert_array_equal(kept.data, fresh.data)
+        np.testing.assert_array_equal(kept.rtt, fresh.rtt)
+        return kept
+
+    fleet.beat("n1", ("i1", "ready", 0))
+    fleet.beat("n2", ("i2", "ready", 0))
+    first = check()
+    router.acquire("i1")
+    assert check() is first  # a figure changed: the same table, one row rewritten
+    fleet.beat("n2", ("i2", "ready", 3))
+    router.node_site.update({"n1": "s1", "n2": "s2"})
+    router.site_prices.update({"s1": 70.0, "s2": 20.0})
+    router.curtailed_sites = {"s2": object()}
+    assert check() is first
+    assert router.pick("m") is fleet.registry.instances["i1"]  # s2 is curtailed
+    router.curtailed_sites = {}
+    router.site_region.update({"s1": "EU"})  # a row's region: rebuilt
+    assert check() is not first
+    fleet.node("n3")
+    fleet.instance("i3", "n3")
+    fleet.beat("n3", ("i3", "ready", 0))
+    assert check().ids == ["i1", "i2", "i3"]
+    assert router.pick("m", exclude=["i1", "i2"]) is fleet.registry.instances["i3"]
+    del fleet.registry.instances["i2"]
+    assert check().ids == ["i1", "i3"]

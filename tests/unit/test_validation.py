@@ -205,7 +205,12 @@ def test_prompt_lists() -> None:
 # --- parse_json_object -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("raw", [b"{not json", b"", b'{"a": 1', b"\xff\xfe\x00garbage"])
+@pytest.mark.parametrize("raw", [
+    b"{not json", b"", b'{"a": 1', b"\xff\xfe\x00garbage",
+    # Not JSON by RFC 8259, though Python's json module reads them.
+    b'{"temperature": NaN}', b'{"top_p": Infinity}', b'{"max_tokens": 1e999}',
+    b'{"prompt": "\\ud800"}',
+])
 def test_invalid_json(raw: bytes) -> None:
     with pytest.raises(APIError) as info:
         parse_json_object(raw)

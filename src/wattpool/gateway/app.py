@@ -71,7 +71,8 @@ class RequestIdMiddleware:
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"],
                                       (b"x-request-id", request_id.encode())]
-                self.metrics.requests.labels(route, str(message["status"])).inc()
+                m = self.metrics
+                m.child(m.requests, route, str(message["status"])).inc()
             await send(message)
 
         await self.app(scope, receive, send_with_id)

@@ -30,7 +30,8 @@ class Meter:
 
     def first_token(self) -> None:
         self.ttft_s = time.monotonic() - self.started
-        self.ctx.metrics.ttft.labels(self.route, self.model).observe(self.ttft_s)
+        m = self.ctx.metrics
+        m.child(m.ttft, self.route, self.model).observe(self.ttft_s)
 
     async def tokens(self, count: int) -> None:
         """``count`` tokens reached the client (one delta may carry several)."""
@@ -53,7 +54,7 @@ class Meter:
     async def _record(self, status: str, http_status: int, usage: Usage | None) -> None:
         m = self.ctx.metrics
         duration = time.monotonic() - self.started
-        m.latency.labels(self.route, self.model).observe(duration)
+        m.child(m.latency, self.route, self.model).observe(duration)
         if usage is not None:
             prompt, completion = usage.prompt_tokens, usage.completion_tokens
         else:
@@ -62,9 +63,9 @@ class Meter:
             prompt = self.admission.token_estimate if self.admission and self.delivered else 0
             completion = self.delivered
         if prompt:
-            m.tokens.labels(self.model, "prompt").inc(prompt)
+            m.child(m.tokens, self.model, "prompt").inc(prompt)
         if completion:
-            m.tokens.labels(self.model, "completion").inc(completion)
+            m.child(m.tokens, self.model, "completion").inc(completion)
         if self.trace.continuations:
             m.continuations.labels(self.model).inc(self.trace.continuations)
         if self.trace.preemptions:
