@@ -70,12 +70,45 @@ class Reply:
         self.started = True
         await self.send({"type": "http.response.start", "status": status, "headers": headers})
 
+    async def start_with(self, status: int, headers: list[tuple[bytes, bytes]],
+                         body: bytes) -> None:
+        """``start`` and the first part of a longer body, in one socket write when the
+        server is uvicorn: its ``send`` writes the head on its own, and the client then
+        wakes twice for its first token. Sent as two messages elsewhere."""
+        cycle = getattr(self.send, "__self__", None)
+        transport = getattr(cycle, "transport", None)
+        if transport is None or not callable(getattr(transport, "write", None)):
+            await self.start(status, headers)
+            await self.send({"type": "http.response.body", "body": body, "more_body": True})
+            return
+        gathered = _Gathered()
+        cycle.transport = gathered  # type: ignore[union-attr]
+        try:
+            await self.start(status, headers)
+            await self.send({"type": "http.response.body", "body": body, "more_body": True})
+        finally:
+            cycle.transport = transport  # type: ignore[union-attr]
+        transport.write(b"".join(gathered.parts))
+
     async def json(self, status: int, body: bytes, headers: Mapping[str, str]) -> None:
         """As JSONResponse(content, status, headers): extra headers first, lowercased."""
         raw = raw_headers(headers)
         raw += [(b"content-length", str(len(body)).encode()), JSON_TYPE]
         await self.start(status, raw)
         await self.send({"type": "http.response.body", "body": body})
+
+
+class _Gathered:
+    """Stands in for uvicorn's transport while a response's head and first body part are
+    sent (see Reply.start_with): keeps what would have been written."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.parts.append(data)
 
 
 def new_request_id() -> str:
@@ -296,16 +329,23 @@ class CompletionsFront:
         """Sends the SSE events but the last ones, which it returns: the caller sends
         them with the end of the body (one write) once the request is cleaned up, so a
         client that has read the whole stream finds its request metered and done."""
-        await reply.start(200, [*SSE_HEADERS, *raw_headers(limit_headers), SSE_TYPE])
         send = reply.send
-        # Events that are ready together leave in one write (role with the first text;
-        # finish, usage and [DONE] together): a socket write per event was the largest
-        # cost of a stream. A delta may hold several tokens when the node or this
-        # gateway fell behind (see Dispatcher._attempt).
+        # Events that are ready together leave in one write (the response's head and role
+        # with the first text; finish, usage and [DONE] together): a socket write per
+        # event was the largest cost of a stream. A delta may hold several tokens when the
+        # node or this gateway fell behind (see Dispatcher._attempt).
         role = builder.role_chunk()
         head = sse(role) if role is not None else b""
-        last = b""
+        headers = [*SSE_HEADERS, *raw_headers(limit_headers), SSE_TYPE]
         chunk: InferChunk | None = first
+        if first.kind == "delta":
+            await meter.tokens(first.tokens or 1)
+            await reply.start_with(200, headers, head + builder.delta_event(first.text))
+            head = b""
+            chunk = await anext(chunks, None)
+        else:
+            await reply.start(200, headers)
+        last = b""
         while chunk is not None:
             if chunk.kind == "delta":
                 await meter.tokens(chunk.tokens or 1)
