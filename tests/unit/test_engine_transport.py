@@ -252,6 +252,8 @@ async def test_post_stream_error_body_and_a_stream_left_early() -> None:
         async with await transport.post_stream(host, port, "/x", b"{}", read_timeout=5,
                                                connect_timeout=5) as resp:
             assert (resp.status_code, await resp.aread()) == (201, b'{"ok": true}')
+            assert resp.header(b"x-engine") == "synthetic" == resp.headers["x-engine"]
+            assert resp.header(b"content-encoding") is None
     async with Server(sse_answer) as srv:
         host, port = address(srv.url)
         for _ in range(2):

@@ -319,7 +319,7 @@ class InferBridge:
                 )
                 return
             # Asked for identity; a stream compressed anyway cannot be read as SSE.
-            encoding = resp.headers.get("content-encoding", "identity")
+            encoding = resp.header(b"content-encoding") or "identity"
             if encoding.lower() != "identity":
                 await reply.error(502, f"the engine compressed its stream ({encoding})",
                                   retriable=True)

@@ -210,6 +210,13 @@ class EngineResponse:
         self._request = request
         self._closed = False
 
+    def header(self, name: bytes) -> str | None:
+        """One header's value (``name`` in lower case), without building ``headers``."""
+        for key, value in self.raw_headers:
+            if key.lower() == name:
+                return value.decode("latin-1")
+        return None
+
     @property
     def headers(self) -> dict[str, str]:
         return {name.decode("latin-1").lower(): value.decode("latin-1")
