@@ -137,13 +137,14 @@ def model_not_found(model: str) -> APIError:
     )
 
 
+def _too_large(limit: int) -> APIError:
+    return APIError(413, f"Request body too large: the limit is {limit} bytes.",
+                    code="request_too_large")
+
+
 async def read_body(receive: Receive, declared: bytes | None, limit: int) -> bytes:
-    too_large = APIError(
-        413, f"Request body too large: the limit is {limit} bytes.",
-        code="request_too_large",
-    )
     if declared and declared.isdigit() and int(declared) > limit:
-        raise too_large
+        raise _too_large(limit)
     body = bytearray()
     while True:
         message = await receive()
@@ -152,11 +153,11 @@ async def read_body(receive: Receive, declared: bytes | None, limit: int) -> byt
         part: bytes = message.get("body", b"")
         if not message.get("more_body", False) and not body:
             if len(part) > limit:
-                raise too_large
+                raise _too_large(limit)
             return part  # the usual case: the whole body in one message, not copied
         body += part
         if len(body) > limit:
-            raise too_large
+            raise _too_large(limit)
         if not message.get("more_body", False):
             return bytes(body)
 
