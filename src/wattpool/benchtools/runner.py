@@ -36,36 +36,12 @@ import msgspec
 from wattpool.benchtools.schedule import poisson_arrivals
 from wattpool.benchtools.target import check_target
 from wattpool.node.engine_http import EngineTransport
+from wattpool.stream_events import StreamEvent, decode_stream_event
 
 DEFAULT_PROMPT = "Say something about benchmarks."
 _decode = msgspec.json.Decoder().decode
 ClientKind = Literal["auto", "lean", "httpx"]
 
-
-class _Delta(msgspec.Struct):
-    content: str | None = None
-
-
-class _Choice(msgspec.Struct):
-    delta: _Delta | None = None
-    text: str | None = None
-
-
-class _Usage(msgspec.Struct):
-    completion_tokens: int
-
-
-class _StreamEvent(msgspec.Struct):
-    """The fields of a stream event the reader looks at; the rest is skipped unread."""
-
-    choices: list[_Choice] = []
-    usage: _Usage | None = None
-    error: Any = None
-
-
-# An event of another shape (a number where text should be, no completion_tokens in the
-# usage) fails the typed decoder and is read as generic JSON instead.
-_decode_event = msgspec.json.Decoder(_StreamEvent).decode
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +163,7 @@ class _SseReader:
                 self.done = True
                 continue
             try:
-                self._typed(_decode_event(payload), now)
+                self._typed(decode_stream_event(payload), now)
                 continue
             except msgspec.DecodeError:  # includes ValidationError: try it as any JSON
                 pass
@@ -206,14 +182,11 @@ class _SseReader:
             if isinstance(usage, dict) and "completion_tokens" in usage:
                 self.res.tokens = int(usage["completion_tokens"])
 
-    def _typed(self, event: _StreamEvent, now: float) -> None:
+    def _typed(self, event: StreamEvent, now: float) -> None:
         if event.error:
             self.res.error = "stream_error"
-        for choice in event.choices:
-            text = choice.delta.content if choice.delta is not None else choice.text
-            if text:
-                self._text(now)
-                break
+        if any(choice.piece() for choice in event.choices):
+            self._text(now)
         if event.usage is not None:
             self.res.tokens = event.usage.completion_tokens
 
