@@ -28,7 +28,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import httpx
 import msgspec
@@ -77,7 +77,7 @@ class LoadSpec:
             raise ValueError("max_requests >= 1, max_duration_s > 0 and timeout_s > 0 needed")
         if self.max_tokens < 1:
             raise ValueError("max_tokens must be >= 1")
-        if self.client not in ("auto", "lean", "httpx"):
+        if self.client not in get_args(ClientKind):
             raise ValueError("client must be 'auto', 'lean' or 'httpx'")
         if self.client == "lean" and not self.base_url.lower().startswith("http://"):
             raise ValueError("the lean client speaks plain http:// only; use client='httpx'")
